@@ -1,0 +1,49 @@
+"""The one interface every backend implements, and what the runtime may ask of it.
+
+The runtime never asks which backend it drives: it builds a :class:`~varrt.export.graphs.GraphSpec`
+for each call (from the plan and the model's config) and hands the engine the feeds by name.
+Backends differ only behind ``run``: eager torch, ONNX Runtime sessions, TensorRT contexts or
+captured CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from varrt.export.configs import VARConfig, VQVAEConfig
+from varrt.export.graphs import GraphSpec
+from varrt.export.vqvae import MultiScaleQuantizer
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that cannot run on this machine (missing package, no GPU, ...), with the fix."""
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run a request: a graph that was not built, a mismatched artifact, ..."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    #: short backend name ("torch", "ort", "trt", "torch-graph")
+    backend: str
+    var_config: VARConfig
+    vqvae_config: VQVAEConfig
+    #: dtype of the transformer's matmuls and KV cache ("float32", "float16", "bfloat16")
+    precision: str
+    #: codebook and Phi convolutions: the runtime accumulates f_hat with them (torch, fp32)
+    quantizer: MultiScaleQuantizer
+    #: where the runtime keeps the tensors it feeds (KV cache, conditioning)
+    device: torch.device
+
+    def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Run one static-shape graph; outputs by name, on ``device``."""
+        ...
+
+    def has_graph(self, graph: GraphSpec) -> bool:
+        """Whether ``graph`` can run (compiled backends only run what was exported/built)."""
+        ...

@@ -1,0 +1,1 @@
+"""Model definitions (VAR, VQVAE), checkpoint loading, the per-scale graph contract and ONNX export."""

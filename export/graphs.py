@@ -1,0 +1,199 @@
+"""The graph contract: every component call, by name, with its static input and output tensors.
+
+One generation calls three components:
+
+* ``conditioner``  labels (2B,) -> sos, ada, head_ada            once per generation
+* ``transformer``  x, pos_idx, sos, ada, head_ada, kv, kv_bias -> logits, new_kv    once per scale
+* ``decoder``      f_hat (B, Cvae, s, s) -> image (B, 3, 16 s, 16 s) in [0, 1]
+
+A transformer graph is fixed by (rows, tokens, kv capacity): rows is 2B with CFG and B with the
+conditional branch only; tokens is the scale's budget; capacity is the KV slots of the plan. Scales
+that share those three numbers share a graph: the scale itself only enters through ``pos_idx``
+(which positions are computed) and ``kv_bias`` (which cache slots are live).
+
+Exporter, engines and runtime all read shapes from here, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from varrt.export.configs import VARConfig, VQVAEConfig
+from varrt.export.var import VAR, Conditioning
+from varrt.export.vqvae import VQVAE
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], tuple(d["shape"]), d["dtype"])
+
+    def check(self, t: Tensor, graph: str) -> None:
+        if tuple(t.shape) != self.shape or t.dtype != self.torch_dtype:
+            raise ValueError(
+                f"{graph}: input {self.name!r} is {tuple(t.shape)} {DTYPE_NAMES.get(t.dtype, t.dtype)}, "
+                f"the graph expects {self.shape} {self.dtype}"
+            )
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    component: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "component": self.component,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphSpec:
+        return cls(
+            d["name"],
+            d["component"],
+            tuple(map(TensorSpec.from_dict, d["inputs"])),
+            tuple(map(TensorSpec.from_dict, d["outputs"])),
+        )
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def check_feeds(self, feeds: dict[str, Tensor]) -> None:
+        names = {t.name for t in self.inputs}
+        if set(feeds) != names:
+            raise ValueError(f"{self.name}: feeds {sorted(feeds)} do not match the inputs {sorted(names)}")
+        for spec in self.inputs:
+            spec.check(feeds[spec.name], self.name)
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """The static shape of one transformer call."""
+
+    rows: int
+    tokens: int
+    capacity: int
+
+    @property
+    def name(self) -> str:
+        return f"transformer_r{self.rows}_n{self.tokens}_t{self.capacity}"
+
+
+def conditioner_name(rows: int) -> str:
+    return f"conditioner_r{rows}"
+
+
+def decoder_name(batch: int, side: int | None = None) -> str:
+    return f"decoder_b{batch}" if side is None else f"decoder_b{batch}_s{side}"
+
+
+def conditioner_spec(cfg: VARConfig, rows: int) -> GraphSpec:
+    c = cfg.width
+    return GraphSpec(
+        conditioner_name(rows),
+        "conditioner",
+        (TensorSpec("labels", (rows,), "int64"),),
+        (
+            TensorSpec("sos", (rows, c), "float32"),
+            TensorSpec("ada", (rows, cfg.depth, 6, c), "float32"),
+            TensorSpec("head_ada", (rows, 2, c), "float32"),
+        ),
+    )
+
+
+def transformer_spec(cfg: VARConfig, shape: StepShape, dtype: str = "float32") -> GraphSpec:
+    c, r, n, t = cfg.width, shape.rows, shape.tokens, shape.capacity
+    return GraphSpec(
+        shape.name,
+        "transformer",
+        (
+            TensorSpec("x", (r, n, cfg.latent_channels), "float32"),
+            TensorSpec("pos_idx", (n,), "int64"),
+            TensorSpec("sos", (r, c), "float32"),
+            TensorSpec("ada", (r, cfg.depth, 6, c), "float32"),
+            TensorSpec("head_ada", (r, 2, c), "float32"),
+            TensorSpec("kv", (r, cfg.depth, 2, cfg.heads, t, cfg.head_dim), dtype),
+            TensorSpec("kv_bias", (t,), "float32"),
+        ),
+        (
+            TensorSpec("logits", (r, n, cfg.vocab_size), "float32"),
+            TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
+        ),
+    )
+
+
+def decoder_spec(vcfg: VQVAEConfig, batch: int, side: int | None = None) -> GraphSpec:
+    s = side or vcfg.patch_nums[-1]
+    px = s * vcfg.downsample
+    return GraphSpec(
+        decoder_name(batch, side),
+        "decoder",
+        (TensorSpec("f_hat", (batch, vcfg.z_channels, s, s), "float32"),),
+        (TensorSpec("image", (batch, vcfg.in_channels, px, px), "float32"),),
+    )
+
+
+# ------------------------------------------------------------------------ modules with graph I/O
+class ConditionerGraph(nn.Module):
+    def __init__(self, var: VAR) -> None:
+        super().__init__()
+        self.var = var
+
+    def forward(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(self.var.condition(labels))
+
+
+class TransformerGraph(nn.Module):
+    def __init__(self, var: VAR) -> None:
+        super().__init__()
+        self.var = var
+
+    def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias) -> tuple[Tensor, Tensor]:
+        return self.var.step(x, pos_idx, Conditioning(sos, ada, head_ada), kv, kv_bias)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, vqvae: VQVAE) -> None:
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, f_hat: Tensor) -> Tensor:
+        return self.vqvae.decode(f_hat)
+
+
+def graph_module(component: str, var: VAR | None, vqvae: VQVAE | None) -> nn.Module:
+    if component == "conditioner":
+        return ConditionerGraph(var)
+    if component == "transformer":
+        return TransformerGraph(var)
+    if component == "decoder":
+        return DecoderGraph(vqvae)
+    raise ValueError(f"unknown component {component!r}")

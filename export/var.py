@@ -1,0 +1,295 @@
+"""The VAR transformer (var-spec.md §2), with the official state-dict layout and a functional step.
+
+Math, per block (AdaLN, l2-normalised attention, GELU-tanh FFN):
+
+    x <- x + gamma1 * Attn( LN(x) * (1 + scale1) + shift1 )
+    x <- x + gamma2 * FFN ( LN(x) * (1 + scale2) + shift2 )
+
+    Attn: q = normalize(x Wq + bq) * exp(min(s_h, log 100)),  k = normalize(x Wk),  v = x Wv + bv
+          out = softmax(q k^T + bias) v         (softmax scale 1: the logits are scaled cosines)
+
+Two ways to run it:
+
+* ``forward(labels, x_BLCv)``: one masked teacher-forcing pass over all L positions (training, tests).
+* ``condition(labels)`` once per generation, then ``step(x, pos_idx, cond, kv, kv_bias)`` per
+  scale. The step is a pure function of its inputs: the KV cache is an explicit tensor with a
+  fixed capacity T (new keys and values are *returned*, the caller writes them into the buffer),
+  and ``kv_bias`` (0 for filled slots, -inf for empty ones) says which slots are live. Every scale
+  therefore has the same inputs and differs only in shapes — the unit exported per scale.
+
+Precision: parameters may be fp16/bf16 (``model.to(dtype)``); the residual stream, the norms, the
+softmax and the logits stay fp32, like the official autocast inference. In fp32 every cast is a no-op.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from varrt.export.configs import VARConfig
+
+MAX_SCALE_MUL = math.log(100.0)
+
+
+class Conditioning(NamedTuple):
+    """Everything a class label contributes to a generation, computed once (not once per scale).
+
+    The AdaLN projections are a third of each block's weights; computing them here, once, keeps
+    them out of every per-scale call, which matters at the small, weight-bandwidth-bound scales.
+    """
+
+    sos: Tensor  # (B, C) content of the first token: class embedding + pos_start
+    ada: Tensor  # (B, depth, 6, C) per block: gamma1, gamma2, scale1, scale2, shift1, shift2
+    head_ada: Tensor  # (B, 2, C) the head's AdaLN: scale, shift
+
+
+def layer_norm(x: Tensor, eps: float) -> Tensor:
+    """LayerNorm without affine parameters, always computed in fp32."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """Apply a linear layer in its own (compute) dtype."""
+    return layer(x.to(layer.weight.dtype))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+    """softmax(q k^T + bias) v with the logits and softmax in fp32."""
+    logits = torch.matmul(q, k.transpose(-1, -2)).float() + bias
+    return torch.matmul(logits.softmax(dim=-1).to(v.dtype), v)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with l2-normalised q and k and a learned per-head scale."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.width, self.heads, self.head_dim = width, heads, width // heads
+        # parameters and buffers are registered before the sub-layers, as in the official module,
+        # so that state_dict() lists the keys in the official order.
+        self.scale_mul_1H11 = nn.Parameter(torch.full((1, heads, 1, 1), 4.0).log())
+        self.q_bias = nn.Parameter(torch.zeros(width))
+        self.v_bias = nn.Parameter(torch.zeros(width))
+        self.register_buffer("zero_k_bias", torch.zeros(width))
+        self.mat_qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, C) -> q, k, v of shape (B, H, N, head_dim); q carries the per-head scale."""
+        w = self.mat_qkv.weight
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(w.dtype)
+        b, n, _ = x.shape
+        qkv = F.linear(x.to(w.dtype), w, bias).view(b, n, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
+        q = (F.normalize(q.float(), dim=-1) * scale).to(w.dtype)
+        k = F.normalize(k.float(), dim=-1).to(w.dtype)
+        return q, k, v
+
+    def forward(
+        self, x: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend the N new tokens to [past; new]. Returns (output (B, N, C), new k, new v)."""
+        q, k, v = self.qkv(x)
+        keys = k if past_k is None else torch.cat((past_k, k), dim=2)
+        values = v if past_v is None else torch.cat((past_v, v), dim=2)
+        out = attention(q, keys, values, bias)
+        b, _, n, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, n, self.width)
+        return linear(self.proj, out).float(), k, v
+
+
+class FFN(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(self.fc2, F.gelu(linear(self.fc1, x), approximate="tanh")).float()
+
+
+class AdaLNSelfAttn(nn.Module):
+    """One VAR block. Non-shared models own ``ada_lin`` (C -> 6C); d36 owns ``ada_gss`` instead."""
+
+    def __init__(self, cfg: VARConfig) -> None:
+        super().__init__()
+        c = cfg.width
+        self.width, self.eps, self.shared_aln = c, cfg.norm_eps, cfg.shared_aln
+        if cfg.shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, c) / c**0.5)
+        self.attn = SelfAttention(c, cfg.heads)
+        self.ffn = FFN(c, cfg.mlp_hidden)
+        if not cfg.shared_aln:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+
+    def adaln(self, cond: Tensor, shared: Tensor | None) -> Tensor:
+        """(B, 6, C): this block's modulation from the class embedding (or the shared projection)."""
+        if self.shared_aln:
+            return (self.ada_gss + shared).squeeze(1).float()
+        return linear(self.ada_lin[1], F.silu(cond)).view(-1, 6, self.width).float()
+
+    def forward(
+        self, x: Tensor, ada: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = (a.unsqueeze(1) for a in ada.unbind(1))
+        a, k, v = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v)
+        x = x + a * gamma1
+        x = x + self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
+        return x, k, v
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.width, self.eps = width, eps
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def adaln(self, cond: Tensor) -> Tensor:
+        return linear(self.ada_lin[1], F.silu(cond)).view(-1, 2, self.width).float()
+
+    def forward(self, x: Tensor, head_ada: Tensor) -> Tensor:
+        scale, shift = (a.unsqueeze(1) for a in head_ada.unbind(1))
+        return layer_norm(x, self.eps) * (scale + 1) + shift
+
+
+class VAR(nn.Module):
+    """Class-conditional next-scale prediction transformer (official key names and order)."""
+
+    def __init__(self, cfg: VARConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, sched = cfg.width, cfg.schedule
+        L = sched.total_tokens
+        self.pos_start = nn.Parameter(torch.empty(1, 1, c))
+        self.pos_1LC = nn.Parameter(torch.empty(1, L, c))
+        lvl = torch.from_numpy(sched.level_of_positions()).view(1, L)
+        self.register_buffer("lvl_1L", lvl)
+        # block-causal across scales, bidirectional inside a scale
+        mask = torch.where(lvl.view(L, 1) >= lvl.view(1, L), 0.0, -torch.inf)
+        self.register_buffer("attn_bias_for_masking", mask.view(1, 1, L, L).contiguous())
+        self.word_embed = nn.Linear(cfg.latent_channels, c)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, c)
+        self.lvl_embed = nn.Embedding(sched.num_scales, c)
+        if cfg.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+        self.blocks = nn.ModuleList(AdaLNSelfAttn(cfg) for _ in range(cfg.depth))
+        self.head_nm = AdaLNBeforeHead(c, cfg.norm_eps)
+        self.head = nn.Linear(c, cfg.vocab_size)
+        nn.init.zeros_(self.pos_start)
+        nn.init.zeros_(self.pos_1LC)
+
+    # ---------------------------------------------------------------- conditioning and embeddings
+    def condition(self, labels: Tensor) -> Conditioning:
+        """Class ids (B,) -> the per-generation conditioning (the null class is ``num_classes``)."""
+        cls = self.class_emb(labels).float()
+        shared = None
+        if self.cfg.shared_aln:
+            shared = linear(self.shared_ada_lin[1], F.silu(cls)).view(-1, 1, 6, self.cfg.width)
+        ada = torch.stack([blk.adaln(cls, shared) for blk in self.blocks], dim=1)
+        sos = cls + self.pos_start[0].float()
+        return Conditioning(sos=sos, ada=ada, head_ada=self.head_nm.adaln(cls))
+
+    def level_position_table(self) -> Tensor:
+        """(L, C): level embedding + absolute position of every position of the schedule."""
+        return (self.lvl_embed(self.lvl_1L[0]) + self.pos_1LC[0]).float()
+
+    def embed(self, x: Tensor, pos_idx: Tensor, sos: Tensor) -> Tensor:
+        """Input tokens of the positions ``pos_idx``: position 0 is the start token, the others
+        embed the (downsampled) accumulated latent ``x`` (B, N, Cvae)."""
+        tokens = linear(self.word_embed, x).float()
+        is_sos = (pos_idx == 0).view(1, -1, 1)
+        h = torch.where(is_sos, sos.unsqueeze(1), tokens)
+        return h + self.level_position_table().index_select(0, pos_idx).unsqueeze(0)
+
+    def logits(self, h: Tensor, head_ada: Tensor) -> Tensor:
+        return linear(self.head, self.head_nm(h, head_ada)).float()
+
+    # ---------------------------------------------------------------- the per-scale step
+    def step(
+        self, x: Tensor, pos_idx: Tensor, cond: Conditioning, kv: Tensor, kv_bias: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """One scale: N new tokens attend to the live slots of the cache and to each other.
+
+        x (B, N, Cvae), pos_idx (N,) int64 absolute positions, kv (B, depth, 2, H, T, head_dim),
+        kv_bias (T,) fp32. Returns logits (B, N, V) fp32 and new_kv (B, depth, 2, H, N, head_dim).
+        """
+        h = self.embed(x, pos_idx, cond.sos)
+        n = h.shape[1]
+        bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
+        new_kv = []
+        for i, blk in enumerate(self.blocks):
+            h, k, v = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1])
+            new_kv.append(torch.stack((k, v), dim=1))
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
+
+    def empty_kv(self, batch: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
+        """A zeroed KV cache of ``capacity`` slots and its all-empty bias."""
+        cfg = self.cfg
+        dtype = self.mat_dtype
+        kv = torch.zeros(batch, cfg.depth, 2, cfg.heads, capacity, cfg.head_dim, dtype=dtype, device=device)
+        return kv, torch.full((capacity,), -torch.inf, device=device)
+
+    @property
+    def mat_dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    # ---------------------------------------------------------------- teacher forcing
+    def forward(self, labels: Tensor, x_BLCv: Tensor) -> Tensor:
+        """Masked teacher-forcing pass: labels (B,), x_BLCv (B, L - 1, Cvae) -> logits (B, L, V).
+
+        Unlike the official ``forward`` this never replaces labels by the null class: label
+        dropout belongs to the training loop, not to the model.
+        """
+        L = self.cfg.schedule.total_tokens
+        cond = self.condition(labels)
+        pos = torch.arange(L, device=labels.device)
+        x = torch.cat((x_BLCv.new_zeros(x_BLCv.shape[0], 1, x_BLCv.shape[2]), x_BLCv), dim=1)
+        h = self.embed(x, pos, cond.sos)
+        bias = self.attn_bias_for_masking[:, :, :L, :L].float()
+        for i, blk in enumerate(self.blocks):
+            h, _, _ = blk(h, cond.ada[:, i], bias)
+        return self.logits(h, cond.head_ada)
+
+    # ---------------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0, init_std: float | None = None) -> VAR:
+        """The official initialisation scheme (truncated normal, std sqrt(1 / 3C); small head;
+        AdaLN gammas near zero so every block starts close to the identity)."""
+        g = torch.Generator().manual_seed(seed)
+        c = self.cfg.width
+        std = init_std if init_std is not None else math.sqrt(1 / c / 3)
+
+        def tn(t: Tensor, s: float) -> None:
+            t.copy_(torch.randn(t.shape, generator=g).clamp_(-2, 2) * s)
+
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                tn(m.weight, std)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                tn(m.weight, std)
+        for p in (self.pos_start, self.pos_1LC, self.lvl_embed.weight):
+            tn(p, std)
+        self.head.weight.mul_(0.02)
+        self.head.bias.zero_()
+        ada_linears = [blk.ada_lin[1] for blk in self.blocks if not self.cfg.shared_aln]
+        if self.cfg.shared_aln:
+            ada_linears.append(self.shared_ada_lin[1])
+        for lin in ada_linears:
+            lin.weight[2 * c :].mul_(0.5)  # scale, shift
+            lin.weight[: 2 * c].mul_(1e-5)  # gammas
+            lin.bias.zero_()
+        for blk in self.blocks:
+            blk.attn.scale_mul_1H11.fill_(math.log(4.0))
+            blk.attn.q_bias.zero_()
+            blk.attn.v_bias.zero_()
+            blk.ffn.fc2.weight.div_(math.sqrt(2 * self.cfg.depth))
+            blk.attn.proj.weight.div_(math.sqrt(2 * self.cfg.depth))
+        self.head_nm.ada_lin[1].weight.mul_(0.5)
+        return self

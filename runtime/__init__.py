@@ -1,0 +1,1 @@
+"""The generation loop, plans and policies, sampling, and the ``varrt`` command line."""

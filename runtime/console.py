@@ -1,0 +1,57 @@
+"""Terminal output: progress bars and tables on stderr (stdout stays free for data)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def warn(msg: str) -> None:
+    console.print(f"[bold yellow]warning:[/] {msg}")
+
+
+def info(msg: str) -> None:
+    console.print(msg)
+
+
+@contextlib.contextmanager
+def progress(total: int, description: str, enabled: bool = True) -> Iterator:
+    """A progress bar; yields ``advance(label)``. Disabled (or not a terminal): prints nothing."""
+    if not enabled:
+        yield lambda label="": None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[label]}"),
+        console=console,
+        transient=False,
+        disable=not sys.stderr.isatty(),
+    )
+    with bar:
+        task = bar.add_task(description, total=total, label="")
+
+        def advance(label: str = "") -> None:
+            bar.update(task, advance=1, label=label)
+            if not sys.stderr.isatty() and label:
+                console.print(f"  {description}: {label}")
+
+        yield advance
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: tiny models (depth 2-4, seconds each) and paths to the shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from varrt.export.configs import PATCH_NUMS_256, VARConfig, VQVAEConfig
+from varrt.export.var import VAR
+from varrt.export.vqvae import VQVAE
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VARRT_SHARED", REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures" / "official-var-d2"
+REFERENCE = SHARED / "reference"
+
+
+def need_shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not here: the shared/ folder beside the repo holds the official fixtures and listings")
+    return path
+
+
+def tiny_var(
+    depth: int = 2,
+    seed: int = 0,
+    patch_nums=PATCH_NUMS_256,
+    shared_aln: bool = False,
+    vocab: int = 4096,
+    num_classes: int = 1000,
+) -> VAR:
+    cfg = VARConfig(
+        depth=depth,
+        width=64 * depth,
+        heads=depth,
+        patch_nums=tuple(patch_nums),
+        shared_aln=shared_aln,
+        vocab_size=vocab,
+        num_classes=num_classes,
+        name=f"var-tiny-d{depth}",
+    )
+    var = VAR(cfg).init_weights(seed)
+    # init_weights starts every block near the identity; perturb so that attention and the AdaLN matter
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in var.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return var.eval().requires_grad_(False)
+
+
+def tiny_vqvae(patch_nums=PATCH_NUMS_256, vocab: int = 4096) -> VQVAE:
+    """A narrow VQVAE (ch 32, two levels): the real structure at a decode cost of milliseconds."""
+    torch.manual_seed(0)
+    cfg = VQVAEConfig(vocab_size=vocab, ch=32, ch_mult=(1, 1), num_res_blocks=1, patch_nums=tuple(patch_nums))
+    return VQVAE(cfg).eval().requires_grad_(False)
