@@ -63,7 +63,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, _, hh, ww = x.shape
         c = self.channels
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, hh * ww).unbind(1)
+        # -1, not hh * ww: with a symbolic side the exporter would emit Pow(side, 2) on int64,
+        # which TensorRT's parser rejects
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, -1).unbind(1)
         w = torch.bmm(q.transpose(1, 2), k).float().mul(c**-0.5).softmax(dim=2)  # (B, HW_q, HW_k)
         h = torch.bmm(v, w.to(v.dtype).transpose(1, 2)).view(b, c, hh, ww)
         return x + self.proj_out(h)

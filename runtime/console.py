@@ -48,6 +48,18 @@ def progress(total: int, description: str, enabled: bool = True) -> Iterator:
         yield advance
 
 
+@contextlib.contextmanager
+def status(what: str) -> Iterator:
+    """A one-line status for long steps; yields ``say(message)``, which also logs each step."""
+    with console.status(what) as st:
+
+        def say(msg: str) -> None:
+            st.update(f"{what}: {msg}")
+            console.print(f"[dim]{what}:[/] {msg}")
+
+        yield say
+
+
 def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     t = Table(title=title, title_justify="left")
     for i, c in enumerate(columns):

@@ -170,3 +170,28 @@ def step_shapes(plans: Sequence[Plan], schedule: ScaleSchedule, batch: int) -> l
         for si in plan.run_scales():
             out.setdefault(plan.step_shape(si, schedule, batch, cap))
     return list(out)
+
+
+def plan_identity(spec: str) -> str | dict:
+    """What an export depends on for a plan spec: the name, or a plan file's contents."""
+    p = Path(spec)
+    if p.suffix in (".json", ".toml") and p.exists():
+        import hashlib
+
+        return {"file_sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+    return spec
+
+
+def resolve_plans(specs: Sequence[str], cfg) -> tuple[Plan, ...]:
+    """Plan specs (``full`` or a plan file) -> validated plans for the model's schedule."""
+    out = []
+    for spec in specs:
+        p = Path(spec)
+        if p.suffix in (".json", ".toml"):
+            plan = Plan.load(p)
+        elif spec == "full":
+            plan = Plan.full(cfg.schedule)
+        else:
+            raise PlanError(f"unknown plan {spec!r}: give 'full' or a plan file (.json / .toml)")
+        out.append(plan.validate(cfg.schedule, cfg.depth))
+    return tuple(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES, REFERENCE, need_shared
+from helpers import FIXTURES, REFERENCE, need_shared, tiny_source, tiny_var, tiny_vqvae
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -21,3 +21,27 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return need_shared(REFERENCE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory) -> Path:
+    """Exports, hashes and engines of the test run go to a temporary cache, never ~/.cache/varrt."""
+    path = tmp_path_factory.mktemp("varrt-cache")
+    os.environ["VARRT_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    return tiny_var(2), tiny_vqvae()
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, tiny_models) -> Path:
+    """The full plan of a depth-2 model exported once for the whole session (batch 1, fp32)."""
+    from varrt.export.exporter import ExportConfig
+    from varrt.runtime.artifacts import ExportRequest, ensure_artifact
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-full"
+    request = ExportRequest(tiny_source(), ("full",), 1, ExportConfig())
+    return ensure_artifact(request, lambda: tiny_models, out=out)

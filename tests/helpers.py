@@ -56,3 +56,8 @@ def tiny_vqvae(patch_nums=PATCH_NUMS_256, vocab: int = 4096) -> VQVAE:
     torch.manual_seed(0)
     cfg = VQVAEConfig(vocab_size=vocab, ch=32, ch_mult=(1, 1), num_res_blocks=1, patch_nums=tuple(patch_nums))
     return VQVAE(cfg).eval().requires_grad_(False)
+
+
+def tiny_source(depth: int = 2, seed: int = 0) -> dict:
+    """An export 'source' for the helpers' tiny models (they are not a released recipe)."""
+    return {"random_weights": {"model": f"tests.helpers.tiny_var(depth={depth}, seed={seed}) + tiny_vqvae()"}}

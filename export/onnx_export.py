@@ -1,0 +1,162 @@
+"""torch -> ONNX for one component, one shared weights file for all, static specialisations.
+
+Each component is exported once with the dynamo exporter and symbolic dims (rows, tokens,
+capacity, batch, side): its per-scale constants are gathers on ``pos_idx`` and masks on
+``kv_bias``, so every scale is the same graph at another shape. That one graph is what ONNX Runtime
+runs (one session, weights loaded once) and what TensorRT builds with one profile per shape.
+:func:`specialize` then writes the same graph with every dim fixed, for each static shape a plan
+needs; the specialised files hold no weights, they point into the one ``weights.bin``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from varrt.export.graphs import GraphSpec
+
+#: symbolic dims of each component's inputs (axis -> dim name)
+COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
+    "conditioner": {"labels": {0: "rows"}},
+    "transformer": {
+        "x": {0: "rows", 1: "tokens"},
+        "pos_idx": {0: "tokens"},
+        "sos": {0: "rows"},
+        "ada": {0: "rows"},
+        "head_ada": {0: "rows"},
+        "kv": {0: "rows", 4: "capacity"},
+        "kv_bias": {0: "capacity"},
+    },
+    "decoder": {"f_hat": {0: "batch", 2: "side", 3: "side"}},
+}
+_DIM_MAX = {"rows": 4096, "tokens": 1 << 16, "capacity": 1 << 17, "batch": 4096, "side": 1024}
+ALIGN = 64  # byte alignment of every tensor in weights.bin
+
+
+def example_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
+    """Inputs to trace with: the right dtypes and valid indices (shapes: see ``trace_spec``)."""
+    out = []
+    for t in spec.inputs:
+        if t.name == "pos_idx":
+            out.append(torch.arange(1, 1 + t.shape[0], dtype=torch.int64))
+        else:
+            out.append(torch.zeros(t.shape, dtype=t.torch_dtype))
+    return tuple(out)
+
+
+def export_component(module: torch.nn.Module, example: GraphSpec, path: Path, opset: int) -> str:
+    """Export ``module`` with symbolic dims to ``path`` (+ ``path.data``); returns the exporter log."""
+    from torch.export import Dim
+
+    dims = COMPONENT_DIMS[example.component]
+    made: dict[str, Dim] = {}
+    dynamic_shapes = {
+        t.name: {ax: made.setdefault(d, Dim(d, min=1, max=_DIM_MAX[d])) for ax, d in dims.get(t.name, {}).items()}
+        for t in example.inputs
+    }
+    log = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(),
+                example_inputs(example),
+                input_names=[t.name for t in example.inputs],
+                output_names=[t.name for t in example.outputs],
+                opset_version=opset,
+                dynamo=True,
+                external_data=True,
+                optimize=True,
+                dynamic_shapes=dynamic_shapes,
+            )
+            program.save(str(path), external_data=True)
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+    return log.getvalue()
+
+
+def _read_external(model_path: Path, tensor: TensorProto) -> bytes:
+    info = {e.key: e.value for e in tensor.external_data}
+    with open(model_path.parent / info["location"], "rb") as f:
+        f.seek(int(info.get("offset", 0)))
+        return f.read(int(info["length"])) if "length" in info else f.read()
+
+
+def merge_weights(exported: dict[str, Path], out_dir: Path, weights_name: str) -> dict[str, onnx.ModelProto]:
+    """Move every external initializer of every graph into one file, each distinct tensor once.
+
+    Tensors are keyed by content (sha256 of their bytes), so a weight that two graphs carry —
+    or a constant the exporter folded into both — is stored a single time.
+    """
+    placed: dict[str, tuple[int, int]] = {}
+    models: dict[str, onnx.ModelProto] = {}
+    with open(out_dir / weights_name, "wb") as w:
+        for name, path in exported.items():
+            model = onnx.load(str(path), load_external_data=False)
+            for t in model.graph.initializer:
+                if t.data_location != TensorProto.EXTERNAL:
+                    continue
+                data = _read_external(path, t)
+                key = hashlib.sha256(data).hexdigest()
+                if key not in placed:
+                    pad = (-w.tell()) % ALIGN
+                    w.write(b"\0" * pad)
+                    placed[key] = (w.tell(), len(data))
+                    w.write(data)
+                offset, length = placed[key]
+                del t.external_data[:]
+                for k, v in (("location", weights_name), ("offset", str(offset)), ("length", str(length))):
+                    t.external_data.append(onnx.StringStringEntryProto(key=k, value=v))
+            models[name] = model
+    return models
+
+
+def _set_shape(value_info: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
+    dims = value_info.type.tensor_type.shape.dim
+    if len(dims) != len(shape):
+        raise ValueError(f"{value_info.name}: rank {len(dims)} in the graph, {len(shape)} in the spec")
+    for d, n in zip(dims, shape):
+        d.Clear()
+        d.dim_value = n
+
+
+def specialize(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
+    """The component graph with every dim fixed to ``spec``'s shapes and its Shape ops folded."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    by_name = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for vi in (*m.graph.input, *m.graph.output):
+        _set_shape(vi, by_name[vi.name].shape)
+    del m.graph.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    shapes = {vi.name: vi.type.tensor_type.shape for vi in (*m.graph.value_info, *m.graph.input)}
+    nodes = []
+    for node in m.graph.node:
+        shp = shapes.get(node.input[0]) if node.op_type == "Shape" else None
+        if shp is not None and all(d.HasField("dim_value") for d in shp.dim):
+            full = [d.dim_value for d in shp.dim]
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            start, end = attrs.get("start", 0), attrs.get("end", len(full))
+            value = numpy_helper.from_array(np.array(full[start:end], dtype=np.int64), node.output[0])
+            nodes.append(helper.make_node("Constant", [], [node.output[0]], name=node.name, value=value))
+        else:
+            nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.graph.value_info[:]
+    m.graph.name = spec.name
+    return onnx.shape_inference.infer_shapes(m, strict_mode=False)

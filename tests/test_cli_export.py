@@ -1,0 +1,34 @@
+"""``varrt export`` and ``varrt generate --backend ort`` through the command line."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from varrt.runtime.cli import main
+
+
+def test_export_then_generate_from_the_artifact(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["export", "--random-weights", "--model", "var-tiny-d2", "--out", str(art)]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == str(art) and "transformer_r2_n256_t680" in out.err
+    assert main(["generate", "--artifact", str(art), "--class", "3", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    # the same request without --artifact finds its export in the cache by hash (no second export)
+    assert main(["export", "--random-weights", "--model", "var-tiny-d2"]) == 0
+    cached = capsys.readouterr().out.strip()
+    assert (
+        main(["generate", "--random-weights", "--model", "var-tiny-d2", "--class", "3", "--out", str(tmp_path / "b")])
+        == 0
+    )
+    assert "reusing the export in " + cached in capsys.readouterr().err.replace("\n", "")
+    a, b = (np.asarray(Image.open(tmp_path / d / "000.png")) for d in ("a", "b"))
+    assert np.array_equal(a, b)
+
+
+def test_generate_batch_not_in_artifact(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert main(["export", "--random-weights", "--model", "var-tiny-d2", "--out", str(art), "--no-validate"]) == 0
+    capsys.readouterr()
+    rc = main(["generate", "--artifact", str(art), "--class", "3", "--class", "4", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "was not exported" in capsys.readouterr().err
