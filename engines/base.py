@@ -39,6 +39,8 @@ class Engine(Protocol):
     quantizer: MultiScaleQuantizer
     #: where the runtime keeps the tensors it feeds (KV cache, conditioning)
     device: torch.device
+    #: KV slots the compiled graphs were built for (None: any, as in eager torch)
+    kv_capacity: int | None
 
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Run one static-shape graph; outputs by name, on ``device``."""

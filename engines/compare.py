@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,17 +27,27 @@ class Difference:
 def random_feeds(graph: GraphSpec, total_tokens: int, num_classes: int, seed: int = 0) -> dict[str, Tensor]:
     """Plausible random inputs for any graph of the contract (valid labels, positions, live KV slots)."""
     g = torch.Generator().manual_seed(seed)
+    shapes = {t.name: t.shape for t in graph.inputs}
     feeds = {}
     for t in graph.inputs:
         if t.name == "labels":
             feeds[t.name] = torch.randint(0, num_classes + 1, t.shape, generator=g)
         elif t.name == "pos_idx":
-            feeds[t.name] = torch.randperm(total_tokens, generator=g)[: t.shape[0]].sort().values
+            rows, n = t.shape
+            feeds[t.name] = torch.stack(
+                [torch.randperm(total_tokens, generator=g)[:n].sort().values for _ in range(rows)]
+            )
+        elif t.name == "fill_idx":
+            feeds[t.name] = torch.randint(0, shapes["x"][1], t.shape, generator=g)
+        elif t.name == "fill_mask":
+            feeds[t.name] = (torch.rand(t.shape, generator=g) < 0.7).float()
+        elif t.name == "keep_rank":
+            feeds[t.name] = torch.arange(t.shape[0])
         elif t.name == "kv_bias":
             live = torch.rand(t.shape, generator=g) < 0.5
             feeds[t.name] = torch.where(live, 0.0, -torch.inf)
         else:
-            scale = 0.1 if t.name in ("ada", "head_ada") else 1.0
+            scale = 0.1 if t.name in ("ada", "head_ada", "deltas") else 1.0
             feeds[t.name] = (torch.randn(t.shape, generator=g) * scale).to(t.torch_dtype)
     return feeds
 
@@ -53,3 +64,38 @@ def compare(reference: Engine, candidate: Engine, graphs: Sequence[GraphSpec], s
             diff = (r - c).abs().max().item()
             out.append(Difference(graph.name, spec.name, diff, diff / max(r.abs().max().item(), 1e-12)))
     return out
+
+
+def polygraphy_runner(engine: Engine, graph: GraphSpec):
+    """One graph of one engine as a polygraphy runner, for polygraphy's Comparator."""
+    from collections import OrderedDict
+
+    import numpy as np
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class EngineRunner(BaseRunner):
+        def __init__(self) -> None:
+            super().__init__(name=f"{engine.backend}:{graph.name}")
+
+        def activate_impl(self) -> None:
+            pass
+
+        def deactivate_impl(self) -> None:
+            pass
+
+        def get_input_metadata_impl(self) -> TensorMetadata:
+            meta = TensorMetadata()
+            for t in graph.inputs:
+                meta.add(t.name, dtype=torch.empty(0, dtype=t.torch_dtype).numpy().dtype, shape=t.shape)
+            return meta
+
+        def infer_impl(self, feed_dict: dict) -> OrderedDict:
+            feeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(engine.device) for k, v in feed_dict.items()}
+            start = time.perf_counter()
+            out = engine.run(graph, feeds)
+            result = OrderedDict((k, v.detach().float().cpu().numpy()) for k, v in out.items())
+            self.inference_time = time.perf_counter() - start  # polygraphy reports it
+            return result
+
+    return EngineRunner()

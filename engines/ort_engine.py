@@ -70,6 +70,7 @@ class OrtEngine:
             verify_files(self.artifact, self.manifest)
         m = self.manifest
         self.var_config, self.vqvae_config, self.precision = m.var, m.vqvae, m.precision
+        self.kv_capacity = m.kv_capacity
         self.quantizer = self._load_quantizer()
 
         providers = list(providers)

@@ -16,6 +16,7 @@ class TorchEngine:
     """Runs any graph of the contract with the torch modules themselves (any static shape)."""
 
     backend = "torch"
+    kv_capacity = None
 
     def __init__(self, var: VAR, vqvae: VQVAE) -> None:
         self.var, self.vqvae = var.eval(), vqvae.eval()
@@ -24,14 +25,20 @@ class TorchEngine:
         self.quantizer = vqvae.quantize.float()
         self.device = var.head.weight.device
         self.precision = DTYPE_NAMES[var.mat_dtype]
-        self._modules = {c: graph_module(c, var, vqvae) for c in ("conditioner", "transformer", "decoder")}
+        self._modules: dict[tuple, torch.nn.Module] = {}
 
     def has_graph(self, graph: GraphSpec) -> bool:
-        return graph.component in self._modules
+        return graph.component in ("conditioner", "transformer", "transformer_fastvar", "decoder")
+
+    def module(self, graph: GraphSpec) -> torch.nn.Module:
+        key = (graph.component, graph.blocks)
+        if key not in self._modules:
+            self._modules[key] = graph_module(graph.component, self.var, self.vqvae, graph.blocks)
+        return self._modules[key]
 
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         graph.check_feeds(dict(feeds))
-        out = self._modules[graph.component](*(feeds[t.name] for t in graph.inputs))
+        out = self.module(graph)(*(feeds[t.name] for t in graph.inputs))
         out = (out,) if isinstance(out, Tensor) else tuple(out)
         return {spec.name: t for spec, t in zip(graph.outputs, out)}

@@ -28,20 +28,21 @@ from varrt.export.artifact import (
 from varrt.export.checkpoint import save_safetensors
 from varrt.export.graphs import (
     DTYPES,
+    FastVarShape,
     GraphSpec,
     StepShape,
     conditioner_spec,
     decoder_spec,
+    fastvar_spec,
     graph_module,
     transformer_spec,
 )
-from varrt.export.onnx_export import export_component, merge_weights, specialize
+from varrt.export.onnx_export import export_component, merge_weights, specialize, weight_bytes
 from varrt.export.trt_ops import unsupported_ops
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 
 Progress = Callable[[str], None]
-COMPONENTS = ("conditioner", "transformer", "decoder")
 
 
 class ExportError(RuntimeError):
@@ -60,13 +61,29 @@ class ExportConfig:
             raise ValueError(f"opset {self.opset}: varrt exports opset 18-20 (TensorRT 10's parser covers 9-20)")
 
 
-def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str) -> GraphSpec:
+def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: tuple[int, int] | None) -> GraphSpec:
     """Shapes to trace with: small, distinct, never 0 or 1 on a symbolic dim."""
     if component == "conditioner":
         return conditioner_spec(var.cfg, 3)
     if component == "transformer":
-        return transformer_spec(var.cfg, StepShape(rows=3, tokens=5, capacity=11), precision)
+        return transformer_spec(var.cfg, StepShape(rows=3, tokens=5, outputs=7, capacity=11), precision)
+    if component == "transformer_fastvar":
+        return fastvar_spec(var.cfg, FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks), precision)
     return decoder_spec(vqvae.cfg, 3, side=vqvae.cfg.patch_nums[-1])
+
+
+def components_of(graphs: Sequence[GraphSpec]) -> dict[str, tuple[int, int] | None]:
+    """The components a graph list needs (in a stable order), with FastVAR's pruned blocks."""
+    out: dict[str, tuple[int, int] | None] = {}
+    for g in graphs:
+        if g.component in out and out[g.component] != g.blocks:
+            raise ExportError(
+                f"one artifact holds one {g.component} graph; got pruned blocks {out[g.component]} "
+                f"and {g.blocks} (export the two policies separately)"
+            )
+        out[g.component] = g.blocks
+    order = ("conditioner", "transformer", "transformer_fastvar", "decoder")
+    return {c: out[c] for c in order if c in out}
 
 
 def export_artifact(
@@ -102,14 +119,12 @@ def export_artifact(
         raw.mkdir()
         exported, logs = {}, []
         with torch.no_grad():
-            for comp in COMPONENTS:
+            for comp, blocks in components_of(graphs).items():
                 say(f"export {comp}")
                 path = raw / f"{comp}.onnx"
-                module = graph_module(comp, var_x, vqvae_x)
-                logs.append(
-                    f"== {comp}\n"
-                    + export_component(module, trace_spec(comp, var, vqvae, config.precision), path, config.opset)
-                )
+                module = graph_module(comp, var_x, vqvae_x, blocks)
+                spec = trace_spec(comp, var, vqvae, config.precision, blocks)
+                logs.append(f"== {comp}\n" + export_component(module, spec, path, config.opset))
                 exported[comp] = path
         say("merge weights")
         models = merge_weights(exported, work, WEIGHTS)
@@ -119,7 +134,13 @@ def export_artifact(
         components = {}
         for comp, model in models.items():
             onnx.save_model(model, str(work / f"{comp}.onnx"))
-            components[comp] = {"file": f"{comp}.onnx", "sha256": file_sha256(work / f"{comp}.onnx", use_cache=False)}
+            components[comp] = {
+                "file": f"{comp}.onnx",
+                "sha256": file_sha256(work / f"{comp}.onnx", use_cache=False),
+                "weight_bytes": weight_bytes(model),
+            }
+            if comp == "transformer_fastvar":
+                components[comp]["blocks"] = list(components_of(graphs)[comp])
         static = {}
         for spec in graphs:
             say(f"specialise {spec.name}")

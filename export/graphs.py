@@ -65,14 +65,19 @@ class GraphSpec:
     component: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    #: static structure beyond shapes (FastVAR's pruned blocks): part of what the engine compiled
+    blocks: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "component": self.component,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
+        if self.blocks is not None:
+            d["blocks"] = list(self.blocks)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> GraphSpec:
@@ -81,6 +86,7 @@ class GraphSpec:
             d["component"],
             tuple(map(TensorSpec.from_dict, d["inputs"])),
             tuple(map(TensorSpec.from_dict, d["outputs"])),
+            tuple(d["blocks"]) if d.get("blocks") is not None else None,
         )
 
     def input(self, name: str) -> TensorSpec:
@@ -96,15 +102,35 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class StepShape:
-    """The static shape of one transformer call."""
+    """The static shape of one transformer call: ``rows`` (2B with CFG, B without), ``tokens``
+    computed, ``outputs`` positions returned (the whole scale), ``capacity`` KV slots."""
 
     rows: int
     tokens: int
+    outputs: int
     capacity: int
+    component = "transformer"
 
     @property
     def name(self) -> str:
-        return f"transformer_r{self.rows}_n{self.tokens}_t{self.capacity}"
+        return f"transformer_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}"
+
+
+@dataclass(frozen=True)
+class FastVarShape:
+    """The static shape of one FastVAR call: ``tokens`` of the scale, ``keep`` per pruned sub-block."""
+
+    rows: int
+    tokens: int
+    keep: int
+    capacity: int
+    blocks: tuple[int, int]  # the pruned blocks [first, last): part of the graph's structure
+    component = "transformer_fastvar"
+
+    @property
+    def name(self) -> str:
+        a, b = self.blocks
+        return f"transformer_fastvar_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}_t{self.capacity}"
 
 
 def conditioner_name(rows: int) -> str:
@@ -129,25 +155,61 @@ def conditioner_spec(cfg: VARConfig, rows: int) -> GraphSpec:
     )
 
 
+def _cond_and_cache(cfg: VARConfig, r: int, t: int, dtype: str, bias_shape: tuple[int, ...]) -> tuple[TensorSpec, ...]:
+    c = cfg.width
+    return (
+        TensorSpec("sos", (r, c), "float32"),
+        TensorSpec("ada", (r, cfg.depth, 6, c), "float32"),
+        TensorSpec("head_ada", (r, 2, c), "float32"),
+        TensorSpec("kv", (r, cfg.depth, 2, cfg.heads, t, cfg.head_dim), dtype),
+        TensorSpec("kv_bias", bias_shape, "float32"),
+    )
+
+
 def transformer_spec(cfg: VARConfig, shape: StepShape, dtype: str = "float32") -> GraphSpec:
-    c, r, n, t = cfg.width, shape.rows, shape.tokens, shape.capacity
+    r, n, m, t = shape.rows, shape.tokens, shape.outputs, shape.capacity
     return GraphSpec(
         shape.name,
-        "transformer",
+        shape.component,
         (
             TensorSpec("x", (r, n, cfg.latent_channels), "float32"),
-            TensorSpec("pos_idx", (n,), "int64"),
-            TensorSpec("sos", (r, c), "float32"),
-            TensorSpec("ada", (r, cfg.depth, 6, c), "float32"),
-            TensorSpec("head_ada", (r, 2, c), "float32"),
-            TensorSpec("kv", (r, cfg.depth, 2, cfg.heads, t, cfg.head_dim), dtype),
-            TensorSpec("kv_bias", (t,), "float32"),
+            TensorSpec("pos_idx", (r, n), "int64"),
+            *_cond_and_cache(cfg, r, t, dtype, (t,)),
+            TensorSpec("fill_idx", (r, m), "int64"),
+            TensorSpec("fill_mask", (r, m), "float32"),
+            TensorSpec("restore", (r, m, cfg.width), "float32"),
+        ),
+        (
+            TensorSpec("logits", (r, m, cfg.vocab_size), "float32"),
+            TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
+            TensorSpec("hidden", (r, m, cfg.width), "float32"),
+        ),
+    )
+
+
+def fastvar_spec(cfg: VARConfig, shape: FastVarShape, dtype: str = "float32") -> GraphSpec:
+    r, n, k, t = shape.rows, shape.tokens, shape.keep, shape.capacity
+    return GraphSpec(
+        shape.name,
+        shape.component,
+        (
+            TensorSpec("x", (r, n, cfg.latent_channels), "float32"),
+            TensorSpec("pos_idx", (r, n), "int64"),
+            *_cond_and_cache(cfg, r, t, dtype, (cfg.depth, t)),
+            TensorSpec("keep_rank", (k,), "int64"),
+            TensorSpec("deltas", (r, cfg.depth, 2, n, cfg.width), "float32"),
         ),
         (
             TensorSpec("logits", (r, n, cfg.vocab_size), "float32"),
             TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
+            TensorSpec("new_deltas", (r, cfg.depth, 2, n, cfg.width), "float32"),
         ),
+        blocks=shape.blocks,
     )
+
+
+def step_spec(cfg: VARConfig, shape: StepShape | FastVarShape, dtype: str = "float32") -> GraphSpec:
+    return transformer_spec(cfg, shape, dtype) if isinstance(shape, StepShape) else fastvar_spec(cfg, shape, dtype)
 
 
 def decoder_spec(vcfg: VQVAEConfig, batch: int, side: int | None = None) -> GraphSpec:
@@ -176,8 +238,21 @@ class TransformerGraph(nn.Module):
         super().__init__()
         self.var = var
 
-    def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias) -> tuple[Tensor, Tensor]:
-        return self.var.step(x, pos_idx, Conditioning(sos, ada, head_ada), kv, kv_bias)
+    def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias, fill_idx, fill_mask, restore):
+        cond = Conditioning(sos, ada, head_ada)
+        return self.var.step(x, pos_idx, cond, kv, kv_bias, fill_idx, fill_mask, restore)
+
+
+class FastVarGraph(nn.Module):
+    """FastVAR's step with the pruned blocks baked in (they are part of the graph's structure)."""
+
+    def __init__(self, var: VAR, pruned: range) -> None:
+        super().__init__()
+        self.var, self.pruned = var, pruned
+
+    def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias, keep_rank, deltas):
+        cond = Conditioning(sos, ada, head_ada)
+        return self.var.step_fastvar(x, pos_idx, cond, kv, kv_bias, keep_rank, deltas, self.pruned)
 
 
 class DecoderGraph(nn.Module):
@@ -189,11 +264,17 @@ class DecoderGraph(nn.Module):
         return self.vqvae.decode(f_hat)
 
 
-def graph_module(component: str, var: VAR | None, vqvae: VQVAE | None) -> nn.Module:
+def graph_module(
+    component: str, var: VAR | None, vqvae: VQVAE | None, blocks: tuple[int, int] | None = None
+) -> nn.Module:
     if component == "conditioner":
         return ConditionerGraph(var)
     if component == "transformer":
         return TransformerGraph(var)
+    if component == "transformer_fastvar":
+        if blocks is None:
+            raise ValueError("a FastVAR graph needs its pruned block range")
+        return FastVarGraph(var, range(*blocks))
     if component == "decoder":
         return DecoderGraph(vqvae)
     raise ValueError(f"unknown component {component!r}")

@@ -29,16 +29,38 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
     "transformer": {
         "x": {0: "rows", 1: "tokens"},
-        "pos_idx": {0: "tokens"},
+        "pos_idx": {0: "rows", 1: "tokens"},
         "sos": {0: "rows"},
         "ada": {0: "rows"},
         "head_ada": {0: "rows"},
         "kv": {0: "rows", 4: "capacity"},
         "kv_bias": {0: "capacity"},
+        "fill_idx": {0: "rows", 1: "outputs"},
+        "fill_mask": {0: "rows", 1: "outputs"},
+        "restore": {0: "rows", 1: "outputs"},
+    },
+    "transformer_fastvar": {
+        "x": {0: "rows", 1: "tokens"},
+        "pos_idx": {0: "rows", 1: "tokens"},
+        "sos": {0: "rows"},
+        "ada": {0: "rows"},
+        "head_ada": {0: "rows"},
+        "kv": {0: "rows", 4: "capacity"},
+        "kv_bias": {1: "capacity"},
+        "keep_rank": {0: "keep"},
+        "deltas": {0: "rows", 3: "tokens"},
     },
     "decoder": {"f_hat": {0: "batch", 2: "side", 3: "side"}},
 }
-_DIM_MAX = {"rows": 4096, "tokens": 1 << 16, "capacity": 1 << 17, "batch": 4096, "side": 1024}
+_DIM_MAX = {
+    "rows": 4096,
+    "tokens": 1 << 16,
+    "outputs": 1 << 16,
+    "keep": 1 << 16,
+    "capacity": 1 << 17,
+    "batch": 4096,
+    "side": 1024,
+}
 ALIGN = 64  # byte alignment of every tensor in weights.bin
 
 
@@ -46,8 +68,8 @@ def example_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: the right dtypes and valid indices (shapes: see ``trace_spec``)."""
     out = []
     for t in spec.inputs:
-        if t.name == "pos_idx":
-            out.append(torch.arange(1, 1 + t.shape[0], dtype=torch.int64))
+        if t.name in ("pos_idx", "keep_rank"):
+            out.append(torch.arange(1, 1 + t.shape[-1], dtype=torch.int64).expand(t.shape).contiguous())
         else:
             out.append(torch.zeros(t.shape, dtype=t.torch_dtype))
     return tuple(out)
@@ -160,3 +182,14 @@ def specialize(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
     del m.graph.value_info[:]
     m.graph.name = spec.name
     return onnx.shape_inference.infer_shapes(m, strict_mode=False)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of a graph's initializers (external ones by their recorded length)."""
+    total = 0
+    for t in model.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            total += int({e.key: e.value for e in t.external_data}.get("length", 0))
+        else:
+            total += len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+    return total

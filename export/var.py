@@ -133,14 +133,41 @@ class AdaLNSelfAttn(nn.Module):
             return (self.ada_gss + shared).squeeze(1).float()
         return linear(self.ada_lin[1], F.silu(cond)).view(-1, 6, self.width).float()
 
+    def attn_branch(
+        self, x: Tensor, ada: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """gamma1 * Attn(LN(x) (1 + scale1) + shift1): the attention sub-block's residual delta, new k, v."""
+        gamma1, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
+        a, k, v = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v)
+        return a * gamma1, k, v
+
+    def ffn_branch(self, x: Tensor, ada: Tensor) -> Tensor:
+        """gamma2 * FFN(LN(x) (1 + scale2) + shift2): the feed-forward sub-block's residual delta."""
+        _, gamma2, _, scale2, _, shift2 = (a.unsqueeze(1) for a in ada.unbind(1))
+        return self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
+
     def forward(
         self, x: Tensor, ada: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = (a.unsqueeze(1) for a in ada.unbind(1))
-        a, k, v = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v)
-        x = x + a * gamma1
-        x = x + self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
-        return x, k, v
+        d, k, v = self.attn_branch(x, ada, bias, past_k, past_v)
+        x = x + d
+        return x + self.ffn_branch(x, ada), k, v
+
+
+def pivotal_tokens(h: Tensor, keep_rank: Tensor) -> Tensor:
+    """FastVAR's pivotal tokens: (R, N, C) -> (R, k) indices of the tokens ranked ``keep_rank``
+    by their squared distance to the mean token (rank 0 = farthest, the least converged)."""
+    score = (h - h.mean(dim=1, keepdim=True)).square().sum(-1)
+    order = score.argsort(dim=1, descending=True)
+    return order.index_select(1, keep_rank)
+
+
+def gather_tokens(h: Tensor, idx: Tensor) -> Tensor:
+    return torch.gather(h, 1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+
+
+def scatter_tokens(base: Tensor, idx: Tensor, src: Tensor) -> Tensor:
+    return base.scatter(1, idx.unsqueeze(-1).expand(-1, -1, base.shape[-1]), src)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -199,24 +226,38 @@ class VAR(nn.Module):
         return (self.lvl_embed(self.lvl_1L[0]) + self.pos_1LC[0]).float()
 
     def embed(self, x: Tensor, pos_idx: Tensor, sos: Tensor) -> Tensor:
-        """Input tokens of the positions ``pos_idx``: position 0 is the start token, the others
-        embed the (downsampled) accumulated latent ``x`` (B, N, Cvae)."""
+        """Input tokens of the positions ``pos_idx`` (R, N): position 0 is the start token, the
+        others embed the (down-sampled) accumulated latent ``x`` (R, N, Cvae)."""
         tokens = linear(self.word_embed, x).float()
-        is_sos = (pos_idx == 0).view(1, -1, 1)
-        h = torch.where(is_sos, sos.unsqueeze(1), tokens)
-        return h + self.level_position_table().index_select(0, pos_idx).unsqueeze(0)
+        h = torch.where((pos_idx == 0).unsqueeze(-1), sos.unsqueeze(1), tokens)
+        table = self.level_position_table()
+        return h + table.index_select(0, pos_idx.reshape(-1)).view(*pos_idx.shape, table.shape[-1])
 
     def logits(self, h: Tensor, head_ada: Tensor) -> Tensor:
         return linear(self.head, self.head_nm(h, head_ada)).float()
 
     # ---------------------------------------------------------------- the per-scale step
     def step(
-        self, x: Tensor, pos_idx: Tensor, cond: Conditioning, kv: Tensor, kv_bias: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """One scale: N new tokens attend to the live slots of the cache and to each other.
+        self,
+        x: Tensor,
+        pos_idx: Tensor,
+        cond: Conditioning,
+        kv: Tensor,
+        kv_bias: Tensor,
+        fill_idx: Tensor | None = None,
+        fill_mask: Tensor | None = None,
+        restore: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One scale: the n computed tokens attend to the live cache slots and to each other.
 
-        x (B, N, Cvae), pos_idx (N,) int64 absolute positions, kv (B, depth, 2, H, T, head_dim),
-        kv_bias (T,) fp32. Returns logits (B, N, V) fp32 and new_kv (B, depth, 2, H, N, head_dim).
+        x (R, n, Cvae) and pos_idx (R, n) are the computed tokens (all of the scale, or a budget of
+        them); kv (R, depth, 2, H, T, head_dim), kv_bias (T,). The m output positions take their
+        final hidden state from a computed token (``fill_idx`` (R, m)) where ``fill_mask`` (R, m) is
+        1 and from ``restore`` (R, m, C) where it is 0, so the sampled map stays dense however few
+        tokens ran:
+        dense scales fill from themselves, nearest-neighbour propagation fills pruned positions
+        from the nearest computed token, cached restoration from an earlier scale's states.
+        Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, head_dim), hidden (R, m, C).
         """
         h = self.embed(x, pos_idx, cond.sos)
         n = h.shape[1]
@@ -225,7 +266,56 @@ class VAR(nn.Module):
         for i, blk in enumerate(self.blocks):
             h, k, v = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1])
             new_kv.append(torch.stack((k, v), dim=1))
-        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
+        if fill_idx is not None:
+            h = torch.where(fill_mask.unsqueeze(-1) > 0, gather_tokens(h, fill_idx), restore)
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h
+
+    def step_fastvar(
+        self,
+        x: Tensor,
+        pos_idx: Tensor,
+        cond: Conditioning,
+        kv: Tensor,
+        kv_bias: Tensor,
+        keep_rank: Tensor,
+        deltas: Tensor,
+        pruned: range,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """FastVAR: in the blocks ``pruned``, each sub-block runs on its k pivotal tokens only.
+
+        Before each sub-block of a pruned block the k tokens farthest from the mean token are
+        selected (``keep_rank`` = arange(k)); the sub-block computes their residual delta, and the
+        other positions take the delta in ``deltas`` (R, depth, 2, N, C) — the reference scale's
+        deltas up-sampled (cached token restoration). Pruned tokens add no KV: a pruned block
+        returns its k tokens' keys/values in slots 0..k-1 of its N, and ``kv_bias`` is per block
+        (depth, T) so each block sees only its own live slots. Returns logits (R, N, V), new_kv
+        (R, depth, 2, H, N, head_dim) and this scale's deltas (R, depth, 2, N, C), the cache a
+        reference scale hands to later ones.
+        """
+        h = self.embed(x, pos_idx, cond.sos)
+        n = h.shape[1]
+        new_kv, new_deltas = [], []
+        for i, blk in enumerate(self.blocks):
+            ada, past_k, past_v = cond.ada[:, i], kv[:, i, 0], kv[:, i, 1]
+            if i in pruned:
+                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(keep_rank.shape[0], dtype=torch.float32)))
+                idx = pivotal_tokens(h, keep_rank)
+                d, k, v = blk.attn_branch(gather_tokens(h, idx), ada, bias, past_k, past_v)
+                d = scatter_tokens(deltas[:, i, 0], idx, d)
+                k = torch.zeros_like(past_k[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, k)
+                v = torch.zeros_like(past_v[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, v)
+                h = h + d
+                idx = pivotal_tokens(h, keep_rank)
+                d2 = scatter_tokens(deltas[:, i, 1], idx, blk.ffn_branch(gather_tokens(h, idx), ada))
+            else:
+                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(n, dtype=torch.float32)))
+                d, k, v = blk.attn_branch(h, ada, bias, past_k, past_v)
+                h = h + d
+                d2 = blk.ffn_branch(h, ada)
+            h = h + d2
+            new_kv.append(torch.stack((k, v), dim=1))
+            new_deltas.append(torch.stack((d, d2), dim=1))
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), torch.stack(new_deltas, dim=1)
 
     def empty_kv(self, batch: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         """A zeroed KV cache of ``capacity`` slots and its all-empty bias."""
@@ -247,7 +337,7 @@ class VAR(nn.Module):
         """
         L = self.cfg.schedule.total_tokens
         cond = self.condition(labels)
-        pos = torch.arange(L, device=labels.device)
+        pos = torch.arange(L, device=labels.device).expand(labels.shape[0], L)
         x = torch.cat((x_BLCv.new_zeros(x_BLCv.shape[0], 1, x_BLCv.shape[2]), x_BLCv), dim=1)
         h = self.embed(x, pos, cond.sos)
         bias = self.attn_bias_for_masking[:, :, :L, :L].float()

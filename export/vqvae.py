@@ -15,6 +15,8 @@ transformer ``area_down(f_hat, pn_next)`` as the next scale's input (:meth:`Mult
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -206,6 +208,13 @@ def area_down(f: Tensor, side: int) -> Tensor:
     return f if f.shape[-1] == side else F.interpolate(f, size=(side, side), mode="area")
 
 
+class QuantizedTrain(NamedTuple):
+    f_hat: Tensor  # straight-through: the value of f_hat, the gradient of f
+    loss: Tensor  # commitment + codebook loss, averaged over scales
+    usage: Tensor  # (V,) how often each code was chosen
+    residuals: Tensor  # (M, Cvae) the vectors that were quantized (to restart unused codes)
+
+
 class MultiScaleQuantizer(nn.Module):
     """Codebook + the four Phi convolutions; scale -> Phi by :func:`phi_index_map`."""
 
@@ -270,6 +279,35 @@ class MultiScaleQuantizer(nn.Module):
             f_hat, nxt = self.next_input(si, f_hat, h)
             out.append(nxt.flatten(2).transpose(1, 2))
         return torch.cat(out, dim=1)
+
+    # ------------------------------------------------------------------ training
+    def forward_train(self, f: Tensor, beta: float = 0.25) -> QuantizedTrain:
+        """The residual quantization of training (straight-through f_hat, VQ loss, code statistics).
+
+        loss = mean over scales of  beta * ||sg(f_hat) - f||^2  +  ||f_hat - sg(f)||^2 ; the
+        encoder learns through the straight-through estimator, the codebook and Phis through
+        the second term (as the official quantizer trains).
+        """
+        last = self.patch_nums[-1]
+        codebook = self.embedding.weight
+        f_ng = f.detach()
+        rest, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
+        loss = f.new_zeros(())
+        usage = torch.zeros(codebook.shape[0], device=f.device)
+        residuals = []
+        for si, pn in enumerate(self.patch_nums):
+            with torch.no_grad():
+                z = area_down(rest, pn).permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
+                d = (z.square().sum(1, keepdim=True) + codebook.square().sum(1)).addmm(z, codebook.T, alpha=-2)
+                idx = d.argmin(dim=1)
+                usage += torch.bincount(idx, minlength=codebook.shape[0])
+                residuals.append(z)
+            h = self.codes_to_map(self.embedding(idx.view(f.shape[0], pn * pn)), pn)
+            h = self.phi(si)(bicubic_up(h, last))
+            f_hat = f_hat + h
+            rest = rest - h.detach()
+            loss = loss + beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f_ng)
+        return QuantizedTrain((f_hat.detach() - f_ng) + f, loss / len(self.patch_nums), usage, torch.cat(residuals))
 
     # ------------------------------------------------------------------ encoding side
     @torch.no_grad()

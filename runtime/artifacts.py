@@ -1,7 +1,7 @@
-"""From a request (weights, plans, batch, precision) to a verified export artifact, reused by hash.
+"""From a request (weights, policies, batch, precision) to a verified export artifact, reused by hash.
 
 The export key is a hash of everything an export depends on: the checkpoints' sha256 (or the
-random-weights recipe), the plans, the batch, the precision and opset, and the versions of varrt,
+random-weights recipe), the policies, the batch, the precision and opset, and the versions of varrt,
 torch and the ONNX exporter. ``varrt generate --backend ort`` asks for the key's directory under
 the cache; if it exists and verifies, the torch checkpoint is not even loaded.
 """
@@ -31,10 +31,11 @@ from varrt.export.artifact import (
 )
 from varrt.export.configs import VARConfig, VQVAEConfig
 from varrt.export.exporter import ExportConfig, ExportError, export_artifact
-from varrt.export.graphs import GraphSpec, conditioner_spec, decoder_spec, transformer_spec
+from varrt.export.graphs import GraphSpec, conditioner_spec, decoder_spec, step_spec
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
-from varrt.runtime.plan import Plan, kv_capacity, plan_identity, resolve_plans, step_shapes
+from varrt.runtime.plan import kv_capacity, spec_identity, step_shapes
+from varrt.runtime.policies import Policy, make_policy
 
 #: fp32 parity of an exported graph with the torch module (max abs difference / max abs reference)
 PARITY_TOLERANCE = 1e-4
@@ -43,7 +44,7 @@ PARITY_TOLERANCE = 1e-4
 @dataclass(frozen=True)
 class ExportRequest:
     source: dict  # {"var": {"path", "sha256"}, "vae": {...}} or {"random_weights": {"model", "seed"}}
-    plans: tuple[str, ...]  # plan names or plan files (see resolve_plans)
+    policies: tuple[str, ...]  # policy specs or plan files (see make_policy)
     batch: int
     config: ExportConfig
 
@@ -54,7 +55,7 @@ class ExportRequest:
 
         return {
             "source": {k: ({"sha256": v["sha256"]} if "sha256" in v else v) for k, v in self.source.items()},
-            "plans": [plan_identity(p) for p in self.plans],
+            "policies": [spec_identity(p) for p in self.policies],
             "batch": self.batch,
             "precision": self.config.precision,
             "opset": self.config.opset,
@@ -82,15 +83,26 @@ def random_source(model: str, seed: int) -> dict:
 
 
 def required_graphs(
-    cfg: VARConfig, vcfg: VQVAEConfig, plans: Sequence[Plan], batch: int, precision: str
+    cfg: VARConfig, vcfg: VQVAEConfig, policies: Sequence[Policy], batch: int, precision: str
 ) -> tuple[list[GraphSpec], int]:
-    """Every static graph a plan set needs at ``batch``, and the KV capacity they share."""
+    """Every static graph a set of policies needs at ``batch``, and the KV capacity they share."""
     sched = cfg.schedule
+    plans = [p for pol in policies for p in pol.plans]
     cap = kv_capacity(plans, sched)
-    graphs = [conditioner_spec(cfg, 2 * batch)]
-    graphs += [transformer_spec(cfg, s, precision) for s in step_shapes(plans, sched, batch)]
-    graphs.append(decoder_spec(vcfg, batch))
-    return graphs, cap
+    graphs: dict[str, GraphSpec] = {}
+
+    def add(spec: GraphSpec) -> None:
+        graphs.setdefault(spec.name, spec)
+
+    add(conditioner_spec(cfg, 2 * batch))
+    for pol in policies:
+        for shape in step_shapes(pol.plans, sched, batch, pol.split_from, capacity=cap):
+            add(step_spec(cfg, shape, precision))
+    add(decoder_spec(vcfg, batch))
+    for pol in policies:
+        for spec in pol.extra_graphs(vcfg, batch):
+            add(spec)
+    return list(graphs.values()), cap
 
 
 def describe_mismatch(stored: dict, wanted: dict) -> str:
@@ -139,8 +151,9 @@ def ensure_artifact(
             )
     say("loading the torch models")
     var, vqvae = load_models()
-    plans = resolve_plans(request.plans, var.cfg)
-    graphs, cap = required_graphs(var.cfg, vqvae.cfg, plans, request.batch, request.config.precision)
+    policies = [make_policy(spec, var.cfg) for spec in request.policies]
+    graphs, cap = required_graphs(var.cfg, vqvae.cfg, policies, request.batch, request.config.precision)
+    plans = [p for pol in policies for p in pol.plans]
     manifest = export_artifact(
         var,
         vqvae,

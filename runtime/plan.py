@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from varrt.export.configs import ScaleSchedule
-from varrt.export.graphs import StepShape
+from varrt.export.graphs import FastVarShape, StepShape
 
 CFG_MODES = ("both", "cond")
-#: how a scale's tokens that the engine did not compute get their codes
-RESTORE_RULES = ("none",)
+#: how the positions of a scale that the engine did not compute get their final hidden state:
+#: none (every token computed), nearest (the nearest computed token's), cache (the previous scale's
+#: states up-sampled), fastvar (per sub-block: the reference scale's residual deltas up-sampled)
+RESTORE_RULES = ("none", "nearest", "cache", "fastvar")
 
 
 class PlanError(ValueError):
@@ -54,6 +56,11 @@ class Plan:
     name: str
     scales: tuple[ScalePlan, ...]
     description: str = field(default="", compare=False)
+    #: FastVAR plans: the blocks [first, last) that prune tokens, and the reference scale whose
+    #: residual deltas restore the pruned tokens of later scales (every scale then runs the
+    #: FastVAR graph)
+    fastvar_blocks: tuple[int, int] | None = None
+    fastvar_reference: int | None = None
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -63,9 +70,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        unknown = set(d) - {"name", "scales", "description"}
+        allowed = {"name", "scales", "description", "fastvar_blocks", "fastvar_reference"}
+        unknown = set(d) - allowed
         if unknown:
-            raise PlanError(f"plan has unknown fields {sorted(unknown)}; allowed: name, description, scales")
+            raise PlanError(f"plan has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
         if "scales" not in d or not isinstance(d["scales"], list):
             raise PlanError("plan needs a list 'scales' with one entry per scale")
         scales = []
@@ -79,7 +87,14 @@ class Plan:
             if s.get("layers") is not None:
                 s["layers"] = tuple(s["layers"])
             scales.append(ScalePlan(**s))
-        return cls(d.get("name", "custom"), tuple(scales), d.get("description", ""))
+        blocks = d.get("fastvar_blocks")
+        return cls(
+            d.get("name", "custom"),
+            tuple(scales),
+            d.get("description", ""),
+            tuple(blocks) if blocks is not None else None,
+            d.get("fastvar_reference"),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -125,12 +140,21 @@ class Plan:
                 raise PlanError(f"{where}: budget {s.budget} must be between 1 and {n}")
             if s.budget is not None and s.budget < n and s.restore == "none":
                 raise PlanError(f"{where}: budget {s.budget} < {n} needs a restoration rule for the other tokens")
+            if (s.restore == "fastvar") != (self.fastvar_blocks is not None and s.budget is not None and s.budget < n):
+                raise PlanError(
+                    f"{where}: the 'fastvar' restoration goes with a FastVAR plan (fastvar_blocks set) and a budget "
+                    "below the scale's tokens, and a pruned scale of a FastVAR plan must use it"
+                )
+            if s.restore == "cache" and (si == 0 or not self.scales[si - 1].run):
+                raise PlanError(f"{where}: 'cache' restoration needs the previous scale to have run")
             if s.layers is not None and (
                 not s.layers or list(s.layers) != sorted(set(s.layers)) or not all(0 <= i < depth for i in s.layers)
             ):
                 raise PlanError(f"{where}: layers must be increasing block indices in [0, {depth}), got {s.layers}")
             if not s.run:
                 continue
+            if self.fastvar_blocks is not None and s.layers is not None:
+                raise PlanError(f"{where}: a FastVAR plan runs every block (its pruning is per block, not a layer set)")
             if s.cfg == "cond" and cond_from is None:
                 cond_from = si
             elif s.cfg == "both" and cond_from is not None:
@@ -138,7 +162,29 @@ class Plan:
                     f"{where}: CFG is switched back on after scale {cond_from} ran conditional-only; the "
                     "unconditional KV of those scales was never computed, so once off it must stay off"
                 )
+        self._validate_fastvar(schedule, depth)
         return self
+
+    def _validate_fastvar(self, schedule: ScaleSchedule, depth: int) -> None:
+        if self.fastvar_blocks is None:
+            return
+        a, b = self.fastvar_blocks
+        if not 0 <= a < b <= depth:
+            raise PlanError(
+                f"plan {self.name!r}: fastvar_blocks {self.fastvar_blocks} must satisfy 0 <= first < last <= {depth}"
+            )
+        pruned = [si for si, s in enumerate(self.scales) if s.restore == "fastvar" and s.run]
+        ref = self.fastvar_reference
+        if pruned and (
+            ref is None
+            or not 0 <= ref < pruned[0]
+            or not self.scales[ref].run
+            or self.tokens(ref, schedule) != schedule.tokens(ref)
+        ):
+            raise PlanError(
+                f"plan {self.name!r}: fastvar_reference must be a fully computed scale before the first pruned "
+                f"scale ({pruned[0]}), got {ref}"
+            )
 
     # ---------------------------------------------------------------------------- derived numbers
     def tokens(self, si: int, schedule: ScaleSchedule) -> int:
@@ -148,13 +194,23 @@ class Plan:
     def run_scales(self) -> list[int]:
         return [si for si, s in enumerate(self.scales) if s.run]
 
+    def slots(self, si: int, schedule: ScaleSchedule) -> int:
+        """KV slots scale si takes: its computed tokens (a FastVAR scale reserves all of its tokens,
+        because its unpruned blocks compute every one)."""
+        return schedule.tokens(si) if self.fastvar_blocks is not None else self.tokens(si, schedule)
+
     def capacity(self, schedule: ScaleSchedule) -> int:
         """KV slots the plan fills: computed tokens contribute KV, pruned and skipped ones none."""
-        return sum(self.tokens(si, schedule) for si in self.run_scales())
+        return sum(self.slots(si, schedule) for si in self.run_scales())
 
-    def step_shape(self, si: int, schedule: ScaleSchedule, batch: int, capacity: int) -> StepShape:
-        rows = 2 * batch if self.scales[si].cfg == "both" else batch
-        return StepShape(rows=rows, tokens=self.tokens(si, schedule), capacity=capacity)
+    def rows(self, si: int, batch: int) -> int:
+        return 2 * batch if self.scales[si].cfg == "both" else batch
+
+    def step_shape(self, si: int, schedule: ScaleSchedule, batch: int, capacity: int) -> StepShape | FastVarShape:
+        rows, n = self.rows(si, batch), schedule.tokens(si)
+        if self.fastvar_blocks is not None:
+            return FastVarShape(rows, n, self.tokens(si, schedule), capacity, self.fastvar_blocks)
+        return StepShape(rows, self.tokens(si, schedule), n, capacity)
 
 
 def kv_capacity(plans: Iterable[Plan], schedule: ScaleSchedule) -> int:
@@ -162,36 +218,34 @@ def kv_capacity(plans: Iterable[Plan], schedule: ScaleSchedule) -> int:
     return max(p.capacity(schedule) for p in plans)
 
 
-def step_shapes(plans: Sequence[Plan], schedule: ScaleSchedule, batch: int) -> list[StepShape]:
-    """Every distinct transformer shape a plan set needs, in first-use order."""
-    cap = kv_capacity(plans, schedule)
-    out: dict[StepShape, None] = {}
+def step_shapes(
+    plans: Sequence[Plan],
+    schedule: ScaleSchedule,
+    batch: int,
+    split_from: int | None = None,
+    capacity: int | None = None,
+) -> list[StepShape | FastVarShape]:
+    """Every distinct transformer shape a plan set needs, in first-use order.
+
+    A policy that moves samples between plans during a generation (SkipVAR's per-sample strategy,
+    LD-Pruning's per-sample CFG switch) runs each group of samples at its own size: from scale
+    ``split_from`` on, every group size 1..batch gets its shapes too.
+    """
+    cap = capacity or kv_capacity(plans, schedule)
+    out: dict[StepShape | FastVarShape, None] = {}
     for plan in plans:
         for si in plan.run_scales():
-            out.setdefault(plan.step_shape(si, schedule, batch, cap))
+            sizes = range(1, batch + 1) if split_from is not None and si >= split_from else (batch,)
+            for b in sizes:
+                out.setdefault(plan.step_shape(si, schedule, b, cap))
     return list(out)
 
 
-def plan_identity(spec: str) -> str | dict:
-    """What an export depends on for a plan spec: the name, or a plan file's contents."""
+def spec_identity(spec: str) -> str | dict:
+    """What an export depends on for a policy spec: the spec itself, or a plan file's contents."""
     p = Path(spec)
     if p.suffix in (".json", ".toml") and p.exists():
         import hashlib
 
         return {"file_sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
     return spec
-
-
-def resolve_plans(specs: Sequence[str], cfg) -> tuple[Plan, ...]:
-    """Plan specs (``full`` or a plan file) -> validated plans for the model's schedule."""
-    out = []
-    for spec in specs:
-        p = Path(spec)
-        if p.suffix in (".json", ".toml"):
-            plan = Plan.load(p)
-        elif spec == "full":
-            plan = Plan.full(cfg.schedule)
-        else:
-            raise PlanError(f"unknown plan {spec!r}: give 'full' or a plan file (.json / .toml)")
-        out.append(plan.validate(cfg.schedule, cfg.depth))
-    return tuple(out)

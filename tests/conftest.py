@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES, REFERENCE, need_shared, tiny_source, tiny_var, tiny_vqvae
+from helpers import FIXTURES, REFERENCE, budget_plan_file, need_shared, tiny_source, tiny_var, tiny_vqvae
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -45,3 +45,19 @@ def tiny_artifact(tmp_path_factory, tiny_models) -> Path:
     out = tmp_path_factory.mktemp("exports") / "tiny-full"
     request = ExportRequest(tiny_source(), ("full",), 1, ExportConfig())
     return ensure_artifact(request, lambda: tiny_models, out=out)
+
+
+@pytest.fixture(scope="session")
+def plan_file(tmp_path_factory) -> Path:
+    return budget_plan_file(tmp_path_factory.mktemp("plans") / "budgets.json")
+
+
+@pytest.fixture(scope="session")
+def policy_artifact(tmp_path_factory, tiny_models, plan_file) -> Path:
+    """Every policy's graphs for batch 2 in one artifact (full, FastVAR, SkipVAR, a plan file)."""
+    from varrt.export.exporter import ExportConfig
+    from varrt.runtime.artifacts import ExportRequest, ensure_artifact
+
+    out = tmp_path_factory.mktemp("exports") / "tiny-policies"
+    specs = ("full", "fastvar", "skipvar", str(plan_file))
+    return ensure_artifact(ExportRequest(tiny_source(), specs, 2, ExportConfig()), lambda: tiny_models, out=out)

@@ -61,3 +61,17 @@ def tiny_vqvae(patch_nums=PATCH_NUMS_256, vocab: int = 4096) -> VQVAE:
 def tiny_source(depth: int = 2, seed: int = 0) -> dict:
     """An export 'source' for the helpers' tiny models (they are not a released recipe)."""
     return {"random_weights": {"model": f"tests.helpers.tiny_var(depth={depth}, seed={seed}) + tiny_vqvae()"}}
+
+
+def budget_plan_file(path: Path) -> Path:
+    """A user plan on the 10-scale schedule: budgets with both restoration rules at the last two
+    scales, the CFG branch dropped for the last three."""
+    import json
+
+    scales = [{} for _ in range(7)] + [
+        {"cfg": "cond"},
+        {"cfg": "cond", "budget": 85, "restore": "nearest"},
+        {"cfg": "cond", "budget": 128, "restore": "cache"},
+    ]
+    path.write_text(json.dumps({"name": "budgets", "scales": scales}))
+    return path

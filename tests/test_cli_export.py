@@ -12,7 +12,7 @@ def test_export_then_generate_from_the_artifact(tmp_path, capsys):
     art = tmp_path / "art"
     assert main(["export", "--random-weights", "--model", "var-tiny-d2", "--out", str(art)]) == 0
     out = capsys.readouterr()
-    assert out.out.strip() == str(art) and "transformer_r2_n256_t680" in out.err
+    assert out.out.strip() == str(art) and "transformer_r2_n256_m256_t680" in out.err
     assert main(["generate", "--artifact", str(art), "--class", "3", "--quiet", "--out", str(tmp_path / "a")]) == 0
     # the same request without --artifact finds its export in the cache by hash (no second export)
     assert main(["export", "--random-weights", "--model", "var-tiny-d2"]) == 0

@@ -29,7 +29,7 @@ def test_manifest_lists_every_static_graph(tiny_artifact, tiny_models):
     names = [g.name for g in m.graphs]
     assert names[0] == "conditioner_r2" and names[-1] == "decoder_b1"
     assert [n for n in names if n.startswith("transformer")] == [
-        f"transformer_r2_n{pn * pn}_t680" for pn in var.cfg.patch_nums
+        f"transformer_r2_n{pn * pn}_m{pn * pn}_t680" for pn in var.cfg.patch_nums
     ]
     assert m.opset == 20 and m.precision == "float32" and m.kv_capacity == 680 and m.batch == 1
     assert set(m.static_graphs) == set(names)
@@ -54,7 +54,7 @@ def test_weights_are_stored_once(tiny_artifact, tiny_models):
 
 
 def test_static_graphs_are_static(tiny_artifact):
-    m = onnx.load(str(tiny_artifact / "transformer_r2_n25_t680.onnx"), load_external_data=False)
+    m = onnx.load(str(tiny_artifact / "transformer_r2_n25_m25_t680.onnx"), load_external_data=False)
     dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input]
     assert all(all(v > 0 for v in d) for d in dims)
     assert not [n for n in m.graph.node if n.op_type == "Shape"]
@@ -152,8 +152,8 @@ def test_not_an_artifact(tmp_path):
 
 def test_graph_outside_the_artifact(tiny_artifact):
     engine = OrtEngine(tiny_artifact)
-    graph = transformer_spec(engine.var_config, StepShape(rows=4, tokens=1, capacity=680))
-    with pytest.raises(EngineError, match=r"transformer_r4_n1_t680 .* was not exported .* re-export"):
+    graph = transformer_spec(engine.var_config, StepShape(rows=4, tokens=1, outputs=1, capacity=680))
+    with pytest.raises(EngineError, match=r"transformer_r4_n1_m1_t680 .* was not exported .* re-export"):
         engine.run(graph, {})
 
 

@@ -18,7 +18,7 @@ def step_through(var: VAR, labels: torch.Tensor, x_BLCv: torch.Tensor) -> torch.
     x_full = torch.cat((x_BLCv.new_zeros(b, 1, x_BLCv.shape[2]), x_BLCv), dim=1)
     out = []
     for bg, ed in sched.begin_ends:
-        logits, new_kv = var.step(x_full[:, bg:ed], torch.arange(bg, ed), cond, kv, kv_bias)
+        logits, new_kv, _ = var.step(x_full[:, bg:ed], torch.arange(bg, ed).expand(b, -1), cond, kv, kv_bias)
         kv[..., bg:ed, :] = new_kv
         kv_bias[bg:ed] = 0
         out.append(logits)
@@ -53,8 +53,8 @@ def test_step_is_pure():
     bias[:5] = 0
     before = kv.clone()
     x = torch.randn(1, 9, 32)
-    a = var.step(x, torch.arange(5, 14), cond, kv, bias)
-    b = var.step(x, torch.arange(5, 14), cond, kv, bias)
+    a = var.step(x, torch.arange(5, 14).view(1, -1), cond, kv, bias)
+    b = var.step(x, torch.arange(5, 14).view(1, -1), cond, kv, bias)
     assert torch.equal(kv, before)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert a[1].shape == (1, 2, 2, 2, 9, 64)
@@ -68,9 +68,9 @@ def test_empty_slots_do_not_contribute():
     kv[..., :5, :].normal_()
     bias[:5] = 0
     x = torch.randn(1, 9, 32)
-    a = var.step(x, torch.arange(5, 14), cond, kv, bias)[0]
+    a = var.step(x, torch.arange(5, 14).view(1, -1), cond, kv, bias)[0]
     kv[..., 5:, :].normal_()
-    b = var.step(x, torch.arange(5, 14), cond, kv, bias)[0]
+    b = var.step(x, torch.arange(5, 14).view(1, -1), cond, kv, bias)[0]
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 

@@ -1,0 +1,119 @@
+"""Policies: a plan family plus the run-time decisions that fill it.
+
+A policy owns the plans it may run (``plans``: the static shapes to export and build), picks the
+tokens of each budget (``select``), and may move samples to another of its plans after a scale
+(``after_scale``). Decisions may only choose among the plans' shapes; nothing is compiled during
+a generation. Policies are named on the command line as ``name[:key=value,...]``, e.g.
+``skipvar:threshold=0.86``; a plan file (.json / .toml) is a policy without run-time decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+from varrt.export.configs import VARConfig, VQVAEConfig
+from varrt.export.graphs import GraphSpec
+from varrt.runtime.plan import Plan, PlanError
+from varrt.runtime.selectors import distance_to_mean, top_tokens
+
+
+@dataclass
+class ScaleState:
+    """What a policy sees: at ``select`` the scale's input tokens of one group of samples, at
+    ``after_scale`` the next scale's input tokens and the latent before/after the scale for all."""
+
+    si: int
+    samples: Tensor  # sample ids the tensors below are for
+    x: Tensor  # (b, N, Cvae) the scale's input tokens (select) / the next scale's (after_scale)
+    plan: Plan | None
+    engine: object
+    f_hat: Tensor | None = None  # (B, Cvae, s, s) after the scale
+    f_hat_prev: Tensor | None = None  # before it
+    groups: list = field(default_factory=list)  # the generation's groups (their last logits, cache, ...)
+
+
+class Policy:
+    """Base: one static plan, tokens chosen by distance to the mean token (FastVAR's criterion)."""
+
+    name = "policy"
+    #: first scale from which samples may change plan; group sizes 1..B get shapes from here on
+    split_from: int | None = None
+
+    def __init__(self, plans: tuple[Plan, ...], options: dict | None = None) -> None:
+        if not plans:
+            raise PlanError("a policy needs at least one plan")
+        self.plans = plans
+        self.options = options or {}
+
+    def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
+        """(b, n) indices (within the scale, ascending) of the tokens to compute."""
+        n = plan.tokens(si, state.engine.var_config.schedule)
+        return top_tokens(distance_to_mean(state.x), n)
+
+    def after_scale(self, state: ScaleState) -> Tensor | None:
+        """Per-sample plan indices (B,) to switch to, or None to keep every sample where it is."""
+        return None
+
+    def extra_graphs(self, vcfg: VQVAEConfig, batch: int) -> list[GraphSpec]:
+        """Graphs the policy runs besides the plans' steps (e.g. SkipVAR's small decodes)."""
+        return []
+
+    def describe(self) -> dict:
+        return {"policy": self.name, "options": self.options, "plans": [p.name for p in self.plans]}
+
+
+class StaticPolicy(Policy):
+    """A fixed plan (``full`` or a plan file): no run-time decisions."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__((plan,), {})
+        self.name = plan.name
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``name:key=value,key=value`` -> (name, {key: value})."""
+    name, _, rest = spec.partition(":")
+    opts = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PlanError(f"policy option {item!r} in {spec!r} is not key=value")
+        opts[key.strip()] = value.strip()
+    return name.strip(), opts
+
+
+def check_options(name: str, opts: dict[str, str], allowed: dict[str, str]) -> None:
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in allowed.items()) or "none"
+        raise PlanError(f"policy {name!r} has no option(s) {sorted(unknown)}; its options are — {known}")
+
+
+def make_policy(spec: str, cfg: VARConfig) -> Policy:
+    """A policy by spec: ``full``, ``fastvar[:...]``, ``skipvar[:...]``, or a plan file."""
+    from varrt.runtime.policies.fastvar import FastVarPolicy
+    from varrt.runtime.policies.skipvar import SkipVarPolicy
+
+    registry = {"fastvar": FastVarPolicy, "skipvar": SkipVarPolicy}
+    if Path(spec).suffix in (".json", ".toml"):
+        return StaticPolicy(Plan.load(spec).validate(cfg.schedule, cfg.depth))
+    name, opts = parse_spec(spec)
+    if name == "full":
+        check_options(name, opts, {})
+        return StaticPolicy(Plan.full(cfg.schedule))
+    if name not in registry:
+        raise PlanError(f"unknown policy {name!r}; known: full, {', '.join(registry)}, or a plan file (.json/.toml)")
+    policy = registry[name].from_options(cfg, opts)
+    for p in policy.plans:
+        p.validate(cfg.schedule, cfg.depth)
+    return policy
+
+
+def policy_names() -> list[str]:
+    return ["full", "fastvar", "skipvar"]
+
+
+__all__ = ["Policy", "ScaleState", "StaticPolicy", "check_options", "make_policy", "parse_spec", "policy_names"]

@@ -1,0 +1,119 @@
+"""Token selectors and decision features: small tensor functions the policies are built from.
+
+They run in the runtime (torch, on the engine's device) on tensors the runtime owns, so every
+backend feeds them the same inputs and gets the same decisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def top_tokens(scores: Tensor, n: int) -> Tensor:
+    """(b, N) scores -> (b, n) indices of the n highest, ascending (ties: the lower index first)."""
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return order[:, :n].sort(dim=1).values
+
+
+def distance_to_mean(tokens: Tensor) -> Tensor:
+    """FastVAR's pivotal-token score: squared distance of each token (b, N, C) to the mean token."""
+    return (tokens - tokens.mean(dim=1, keepdim=True)).square().sum(-1)
+
+
+def grid_coords(side: int, device: torch.device | None = None) -> Tensor:
+    """(side*side, 2) row, column of every position, row-major."""
+    r = torch.arange(side, device=device)
+    return torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2).float()
+
+
+def nearest_fill(kept: Tensor, side: int) -> Tensor:
+    """For every position of a side x side map, the index (into ``kept`` (b, n)) of the nearest kept
+    position (Euclidean on the grid; ties go to the earlier kept token). Kept positions map to
+    themselves: this is the index map of nearest-neighbour feature propagation."""
+    coords = grid_coords(side, kept.device)
+    d = torch.cdist(coords.unsqueeze(0).expand(kept.shape[0], -1, -1), coords[kept])  # (b, N, n)
+    return d.argmin(dim=2)
+
+
+def high_pass(tokens: Tensor, side: int) -> Tensor:
+    """Texture score: || x - blur3x3(x) || per token of a (b, side*side, C) map (replicate padding)."""
+    b, n, c = tokens.shape
+    grid = tokens.transpose(1, 2).reshape(b, c, side, side)
+    blur = F.avg_pool2d(F.pad(grid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (grid - blur).square().sum(1).sqrt().reshape(b, n)
+
+
+def principal_projection(tokens: Tensor, components: int = 1, iterations: int = 8) -> Tensor:
+    """Structure score: norm of each token's projection on the leading principal components of the
+    (b, N, C) token features (power iteration on the C x C covariance, deterministic start)."""
+    x = tokens - tokens.mean(dim=1, keepdim=True)
+    cov = x.transpose(1, 2) @ x / max(1, x.shape[1] - 1)  # (b, C, C)
+    basis = torch.eye(cov.shape[-1], components, device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
+    for _ in range(iterations):
+        basis, _ = torch.linalg.qr(cov @ basis)
+    return (x @ basis).norm(dim=-1)
+
+
+def normalise(scores: Tensor) -> Tensor:
+    """Per-row min-max scaling to [0, 1] (so that two scores can be mixed)."""
+    lo, hi = scores.amin(1, keepdim=True), scores.amax(1, keepdim=True)
+    return (scores - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def attention_entropy(probs: Tensor) -> Tensor:
+    """Entropy of attention rows: -sum p log p over the last axis (0 for one-hot, log n uniform)."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+# ------------------------------------------------------------------------------------ SkipVAR
+SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+
+
+def sobel_magnitude(images: Tensor) -> Tensor:
+    """Gradient magnitude of the channel-mean grey image (zero padding 1): (B, 3, H, W) -> (B, 1, H, W)."""
+    gray = images.float().mean(dim=1, keepdim=True)
+    kx = SOBEL_X.to(gray.device).view(1, 1, 3, 3)
+    gx = F.conv2d(gray, kx, padding=1)
+    gy = F.conv2d(gray, kx.transpose(2, 3), padding=1)
+    return torch.sqrt(gx**2 + gy**2)
+
+
+def high_frequency_difference(new: Tensor, old: Tensor) -> Tensor:
+    """SkipVAR's diff_hf per image: mean |sobel(new) - sobel(old)|."""
+    return (sobel_magnitude(new) - sobel_magnitude(old)).abs().flatten(1).mean(1)
+
+
+def high_frequency_ratio(images: Tensor, freq_ratio: float = 0.4) -> Tensor:
+    """SkipVAR's hf_ratio per image: share of the centred |FFT| of the grey image outside the
+    radius int(freq_ratio * min(H, W) / 2)."""
+    gray = images.float().mean(dim=1)
+    amp = torch.fft.fftshift(torch.fft.fft2(gray), dim=(-2, -1)).abs()
+    h, w = gray.shape[-2:]
+    y = torch.arange(h, device=gray.device).view(-1, 1)
+    x = torch.arange(w, device=gray.device).view(1, -1)
+    dist = ((y - h // 2) ** 2 + (x - w // 2) ** 2).float().sqrt()
+    mask = (dist > int(freq_ratio * min(h, w) / 2)).float()
+    return (amp * mask).sum((-2, -1)) / (amp.sum((-2, -1)) + 1e-6)
+
+
+def logistic_argmax(
+    features: Tensor,
+    mean: list[float],
+    scale: list[float],
+    coef: list[list[float]],
+    intercept: list[float],
+    classes: list[int],
+) -> Tensor:
+    """A fitted StandardScaler + multinomial logistic regression: (B, F) -> predicted class (B,)."""
+    z = (features - torch.tensor(mean)) / torch.tensor(scale)
+    scores = z @ torch.tensor(coef).T + torch.tensor(intercept)
+    return torch.tensor(classes)[scores.argmax(dim=1)]
+
+
+def keep_count(tokens: int, keep: float) -> int:
+    """FastVAR's count: N - floor(ratio N) with ratio = 1 - keep (at least one token)."""
+    return max(1, tokens - math.floor((1 - keep) * tokens + 1e-9))
