@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from varrt.engines.base import BackendUnavailable, EngineError
-from varrt.export.artifact import QUANTIZER, Manifest, read_manifest, verify_files
+from varrt.export.artifact import Manifest, load_artifact_quantizer, read_manifest, verify_files
 from varrt.export.graphs import GraphSpec
-from varrt.export.vqvae import MultiScaleQuantizer
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -71,7 +70,7 @@ class OrtEngine:
         m = self.manifest
         self.var_config, self.vqvae_config, self.precision = m.var, m.vqvae, m.precision
         self.kv_capacity = m.kv_capacity
-        self.quantizer = self._load_quantizer()
+        self.quantizer = load_artifact_quantizer(self.artifact, self.manifest)
 
         providers = list(providers)
         available = ort.get_available_providers()
@@ -97,13 +96,6 @@ class OrtEngine:
             self.sessions[comp] = sess
         self._graphs = {g.name: g for g in m.graphs}
 
-    def _load_quantizer(self) -> MultiScaleQuantizer:
-        from safetensors.torch import load_file
-
-        q = MultiScaleQuantizer(self.vqvae_config)
-        q.load_state_dict(load_file(str(self.artifact / QUANTIZER)))
-        return q.eval().requires_grad_(False)
-
     def has_graph(self, graph: GraphSpec) -> bool:
         return self._graphs.get(graph.name) == graph
 
@@ -125,6 +117,12 @@ class OrtEngine:
         """GPU: bind torch CUDA tensors by address (no host round trip)."""
         binding = sess.io_binding()
         idx = self.device.index or 0
+        for spec in (*graph.inputs, *graph.outputs):
+            if spec.torch_dtype not in _NP:
+                raise EngineError(
+                    f"ONNX Runtime's I/O binding has no numpy type for {spec.dtype} ({spec.name}); run "
+                    "bfloat16 artifacts on the trt or torch-graph backend"
+                )
         keep = []
         for spec in graph.inputs:
             t = feeds[spec.name].to(self.device).contiguous()

@@ -41,9 +41,8 @@ from varrt.engines.trt_config import (
     profile_shapes,
     timing_cache_path,
 )
-from varrt.export.artifact import QUANTIZER, Manifest, atomic_write_text, read_manifest, verify_files
+from varrt.export.artifact import Manifest, atomic_write_text, load_artifact_quantizer, read_manifest, verify_files
 from varrt.export.graphs import GraphSpec, TensorSpec
-from varrt.export.vqvae import MultiScaleQuantizer
 
 #: inputs bound where the runtime keeps them instead of being copied (large, address-stable)
 PASS_THROUGH = ("kv",)
@@ -332,7 +331,7 @@ class TrtEngine:
             m.kv_capacity,
         )
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self.quantizer = self._load_quantizer().to(self.device)
+        self.quantizer = load_artifact_quantizer(self.artifact, self.manifest).to(self.device)
         self.cuda_graphs = cuda_graphs
         target = current_target(trt)
         dirs = build_artifact(self.artifact, config or BuildConfig(), say)
@@ -358,13 +357,6 @@ class TrtEngine:
     def allocate(self, spec: TensorSpec) -> Tensor:
         """The KV cache at the same address every generation (captured graphs stay valid)."""
         return persistent_buffer(self._buffers, spec, self.device)
-
-    def _load_quantizer(self) -> MultiScaleQuantizer:
-        from safetensors.torch import load_file
-
-        q = MultiScaleQuantizer(self.vqvae_config)
-        q.load_state_dict(load_file(str(self.artifact / QUANTIZER)))
-        return q.eval().requires_grad_(False)
 
     def has_graph(self, graph: GraphSpec) -> bool:
         return self._graphs.get(graph.name) == graph

@@ -207,6 +207,17 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
             )
 
 
+def load_artifact_quantizer(directory: Path, manifest: Manifest):
+    """The codebook and Phi convolutions an artifact carries for the runtime's f_hat accumulation."""
+    from safetensors.torch import load_file
+
+    from varrt.export.vqvae import MultiScaleQuantizer
+
+    q = MultiScaleQuantizer(manifest.vqvae)
+    q.load_state_dict(load_file(str(Path(directory) / QUANTIZER)))
+    return q.eval().requires_grad_(False)
+
+
 def environment() -> dict:
     import onnx
     import onnxruntime

@@ -25,27 +25,21 @@ from onnx import TensorProto, helper, numpy_helper
 from varrt.export.graphs import GraphSpec
 
 #: symbolic dims of each component's inputs (axis -> dim name)
+_CONDITIONED = {"sos": {0: "rows"}, "ada": {0: "rows"}, "head_ada": {0: "rows"}, "kv": {0: "rows", 4: "capacity"}}
+_TOKENS = {"x": {0: "rows", 1: "tokens"}, "pos_idx": {0: "rows", 1: "tokens"}}
 COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
     "transformer": {
-        "x": {0: "rows", 1: "tokens"},
-        "pos_idx": {0: "rows", 1: "tokens"},
-        "sos": {0: "rows"},
-        "ada": {0: "rows"},
-        "head_ada": {0: "rows"},
-        "kv": {0: "rows", 4: "capacity"},
+        **_TOKENS,
+        **_CONDITIONED,
         "kv_bias": {0: "capacity"},
         "fill_idx": {0: "rows", 1: "outputs"},
         "fill_mask": {0: "rows", 1: "outputs"},
         "restore": {0: "rows", 1: "outputs"},
     },
     "transformer_fastvar": {
-        "x": {0: "rows", 1: "tokens"},
-        "pos_idx": {0: "rows", 1: "tokens"},
-        "sos": {0: "rows"},
-        "ada": {0: "rows"},
-        "head_ada": {0: "rows"},
-        "kv": {0: "rows", 4: "capacity"},
+        **_TOKENS,
+        **_CONDITIONED,
         "kv_bias": {1: "capacity"},
         "keep_rank": {0: "keep"},
         "deltas": {0: "rows", 3: "tokens"},
