@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from varrt.export.graphs import DTYPE_NAMES, GraphSpec, graph_module
+from varrt.export.graphs import COMPONENTS, DTYPE_NAMES, GraphSpec, graph_module
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 
@@ -28,7 +28,7 @@ class TorchEngine:
         self._modules: dict[tuple, torch.nn.Module] = {}
 
     def has_graph(self, graph: GraphSpec) -> bool:
-        return graph.component in ("conditioner", "transformer", "transformer_fastvar", "decoder")
+        return graph.component in COMPONENTS
 
     def module(self, graph: GraphSpec) -> torch.nn.Module:
         key = (graph.component, graph.blocks)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from varrt.engines.base import BackendUnavailable
 from varrt.engines.tensorrt_engine import PASS_THROUGH, persistent_buffer
-from varrt.export.graphs import DTYPE_NAMES, GraphSpec, TensorSpec, graph_module
+from varrt.export.graphs import COMPONENTS, DTYPE_NAMES, GraphSpec, TensorSpec, graph_module
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 
@@ -62,7 +62,7 @@ class TorchGraphEngine:
         self._buffers: dict[tuple, Tensor] = {}
 
     def has_graph(self, graph: GraphSpec) -> bool:
-        return graph.component in ("conditioner", "transformer", "transformer_fastvar", "decoder")
+        return graph.component in COMPONENTS
 
     def _module(self, graph: GraphSpec) -> torch.nn.Module:
         key = (graph.component, graph.blocks)

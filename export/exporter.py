@@ -27,6 +27,7 @@ from varrt.export.artifact import (
 )
 from varrt.export.checkpoint import save_safetensors
 from varrt.export.graphs import (
+    COMPONENTS,
     DTYPES,
     FastVarShape,
     GraphSpec,
@@ -65,8 +66,9 @@ def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: t
     """Shapes to trace with: small, distinct, never 0 or 1 on a symbolic dim."""
     if component == "conditioner":
         return conditioner_spec(var.cfg, 3)
-    if component == "transformer":
-        return transformer_spec(var.cfg, StepShape(rows=3, tokens=5, outputs=7, capacity=11), precision)
+    if component in ("transformer", "transformer_probe"):
+        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=component == "transformer_probe")
+        return transformer_spec(var.cfg, shape, precision)
     if component == "transformer_fastvar":
         return fastvar_spec(var.cfg, FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks), precision)
     return decoder_spec(vqvae.cfg, 3, side=vqvae.cfg.patch_nums[-1])
@@ -82,8 +84,7 @@ def components_of(graphs: Sequence[GraphSpec]) -> dict[str, tuple[int, int] | No
                 f"and {g.blocks} (export the two policies separately)"
             )
         out[g.component] = g.blocks
-    order = ("conditioner", "transformer", "transformer_fastvar", "decoder")
-    return {c: out[c] for c in order if c in out}
+    return {c: out[c] for c in COMPONENTS if c in out}
 
 
 def export_artifact(
@@ -110,11 +111,14 @@ def export_artifact(
     try:
         # the graphs' precision is the modules' dtype; convert copies, never the caller's models
         var_x = var if dtype == torch.float32 else copy.deepcopy(var).to(dtype)
+        # ONNX Conv accepts bfloat16 only from opset 22 (varrt pins 18-20 for TensorRT 10), so a
+        # bfloat16 export keeps the decoder (a small share of the time) in float32
+        decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
         vqvae_x = vqvae
-        if dtype != torch.float32:
+        if decoder_dtype != torch.float32:
             vqvae_x = copy.deepcopy(vqvae)
-            vqvae_x.decoder.to(dtype)
-            vqvae_x.post_quant_conv.to(dtype)
+            vqvae_x.decoder.to(decoder_dtype)
+            vqvae_x.post_quant_conv.to(decoder_dtype)
         raw = work / "raw"
         raw.mkdir()
         exported, logs = {}, []

@@ -33,6 +33,9 @@ DTYPES = {
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
+#: every graph component, in export order (graph_module builds each)
+COMPONENTS = ("conditioner", "transformer", "transformer_probe", "transformer_fastvar", "decoder")
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -109,11 +112,15 @@ class StepShape:
     tokens: int
     outputs: int
     capacity: int
-    component = "transformer"
+    probe: bool = False  # also return the attention entropy (ToProVAR's probe scale): another graph
+
+    @property
+    def component(self) -> str:
+        return "transformer_probe" if self.probe else "transformer"
 
     @property
     def name(self) -> str:
-        return f"transformer_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}"
+        return f"{self.component}_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}"
 
 
 @dataclass(frozen=True)
@@ -183,6 +190,7 @@ def transformer_spec(cfg: VARConfig, shape: StepShape, dtype: str = "float32") -
             TensorSpec("logits", (r, m, cfg.vocab_size), "float32"),
             TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
             TensorSpec("hidden", (r, m, cfg.width), "float32"),
+            *((TensorSpec("entropy", (r, cfg.depth, n), "float32"),) if shape.probe else ()),
         ),
     )
 
@@ -234,13 +242,15 @@ class ConditionerGraph(nn.Module):
 
 
 class TransformerGraph(nn.Module):
-    def __init__(self, var: VAR) -> None:
+    """The per-scale step; the probe variant also returns the attention entropy of every block."""
+
+    def __init__(self, var: VAR, probe: bool = False) -> None:
         super().__init__()
-        self.var = var
+        self.var, self.probe = var, probe
 
     def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias, fill_idx, fill_mask, restore):
         cond = Conditioning(sos, ada, head_ada)
-        return self.var.step(x, pos_idx, cond, kv, kv_bias, fill_idx, fill_mask, restore)
+        return self.var.step(x, pos_idx, cond, kv, kv_bias, fill_idx, fill_mask, restore, self.probe)
 
 
 class FastVarGraph(nn.Module):
@@ -269,8 +279,8 @@ def graph_module(
 ) -> nn.Module:
     if component == "conditioner":
         return ConditionerGraph(var)
-    if component == "transformer":
-        return TransformerGraph(var)
+    if component in ("transformer", "transformer_probe"):
+        return TransformerGraph(var, probe=component == "transformer_probe")
     if component == "transformer_fastvar":
         if blocks is None:
             raise ValueError("a FastVAR graph needs its pruned block range")

@@ -37,6 +37,14 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
         "fill_mask": {0: "rows", 1: "outputs"},
         "restore": {0: "rows", 1: "outputs"},
     },
+    "transformer_probe": {
+        **_TOKENS,
+        **_CONDITIONED,
+        "kv_bias": {0: "capacity"},
+        "fill_idx": {0: "rows", 1: "outputs"},
+        "fill_mask": {0: "rows", 1: "outputs"},
+        "restore": {0: "rows", 1: "outputs"},
+    },
     "transformer_fastvar": {
         **_TOKENS,
         **_CONDITIONED,

@@ -57,10 +57,17 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return layer(x.to(layer.weight.dtype))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """softmax(q k^T + bias) v with the logits and softmax in fp32."""
-    logits = torch.matmul(q, k.transpose(-1, -2)).float() + bias
-    return torch.matmul(logits.softmax(dim=-1).to(v.dtype), v)
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+    """softmax(q k^T + bias) v with the logits and softmax in fp32; optionally the entropy of every
+    query's attention row, averaged over heads: (B, N) (masked keys have p = 0 and add nothing)."""
+    probs = (torch.matmul(q, k.transpose(-1, -2)).float() + bias).softmax(dim=-1)
+    out = torch.matmul(probs.to(v.dtype), v)
+    return out, (attention_entropy(probs).mean(1) if entropy else None)
+
+
+def attention_entropy(probs: Tensor) -> Tensor:
+    """-sum p log p over the keys: 0 for a one-hot row, log n for a uniform one."""
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
 
 
 class SelfAttention(nn.Module):
@@ -91,16 +98,21 @@ class SelfAttention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Attend the N new tokens to [past; new]. Returns (output (B, N, C), new k, new v)."""
+        self,
+        x: Tensor,
+        bias: Tensor,
+        past_k: Tensor | None = None,
+        past_v: Tensor | None = None,
+        entropy: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Attend the N new tokens to [past; new]. Returns (output (B, N, C), new k, new v[, entropy (B, N)])."""
         q, k, v = self.qkv(x)
         keys = k if past_k is None else torch.cat((past_k, k), dim=2)
         values = v if past_v is None else torch.cat((past_v, v), dim=2)
-        out = attention(q, keys, values, bias)
+        out, ent = attention(q, keys, values, bias, entropy)
         b, _, n, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, n, self.width)
-        return linear(self.proj, out).float(), k, v
+        out = linear(self.proj, out.transpose(1, 2).reshape(b, n, self.width)).float()
+        return (out, k, v, ent) if entropy else (out, k, v)
 
 
 class FFN(nn.Module):
@@ -134,12 +146,19 @@ class AdaLNSelfAttn(nn.Module):
         return linear(self.ada_lin[1], F.silu(cond)).view(-1, 6, self.width).float()
 
     def attn_branch(
-        self, x: Tensor, ada: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """gamma1 * Attn(LN(x) (1 + scale1) + shift1): the attention sub-block's residual delta, new k, v."""
+        self,
+        x: Tensor,
+        ada: Tensor,
+        bias: Tensor,
+        past_k: Tensor | None = None,
+        past_v: Tensor | None = None,
+        entropy: bool = False,
+    ) -> tuple:
+        """gamma1 * Attn(LN(x) (1 + scale1) + shift1): the attention sub-block's residual delta, new k, v
+        (and the attention entropy of every token when asked)."""
         gamma1, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
-        a, k, v = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v)
-        return a * gamma1, k, v
+        a, *rest = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v, entropy)
+        return (a * gamma1, *rest)
 
     def ffn_branch(self, x: Tensor, ada: Tensor) -> Tensor:
         """gamma2 * FFN(LN(x) (1 + scale2) + shift2): the feed-forward sub-block's residual delta."""
@@ -147,11 +166,17 @@ class AdaLNSelfAttn(nn.Module):
         return self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
 
     def forward(
-        self, x: Tensor, ada: Tensor, bias: Tensor, past_k: Tensor | None = None, past_v: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        d, k, v = self.attn_branch(x, ada, bias, past_k, past_v)
+        self,
+        x: Tensor,
+        ada: Tensor,
+        bias: Tensor,
+        past_k: Tensor | None = None,
+        past_v: Tensor | None = None,
+        entropy: bool = False,
+    ) -> tuple:
+        d, *rest = self.attn_branch(x, ada, bias, past_k, past_v, entropy)
         x = x + d
-        return x + self.ffn_branch(x, ada), k, v
+        return (x + self.ffn_branch(x, ada), *rest)
 
 
 def pivotal_tokens(h: Tensor, keep_rank: Tensor) -> Tensor:
@@ -247,7 +272,8 @@ class VAR(nn.Module):
         fill_idx: Tensor | None = None,
         fill_mask: Tensor | None = None,
         restore: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        probe: bool = False,
+    ) -> tuple[Tensor, ...]:
         """One scale: the n computed tokens attend to the live cache slots and to each other.
 
         x (R, n, Cvae) and pos_idx (R, n) are the computed tokens (all of the scale, or a budget of
@@ -257,18 +283,21 @@ class VAR(nn.Module):
         tokens ran:
         dense scales fill from themselves, nearest-neighbour propagation fills pruned positions
         from the nearest computed token, cached restoration from an earlier scale's states.
-        Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, head_dim), hidden (R, m, C).
+        Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, head_dim), hidden (R, m, C), and
+        with ``probe`` the attention entropy of the computed tokens in every block (R, depth, n).
         """
         h = self.embed(x, pos_idx, cond.sos)
         n = h.shape[1]
         bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-        new_kv = []
+        new_kv, entropy = [], []
         for i, blk in enumerate(self.blocks):
-            h, k, v = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1])
+            h, k, v, *ent = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1], probe)
             new_kv.append(torch.stack((k, v), dim=1))
+            entropy += ent
         if fill_idx is not None:
             h = torch.where(fill_mask.unsqueeze(-1) > 0, gather_tokens(h, fill_idx), restore)
-        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h
+        out = (self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h)
+        return (*out, torch.stack(entropy, dim=1)) if probe else out
 
     def step_fastvar(
         self,
