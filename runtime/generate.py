@@ -63,6 +63,8 @@ class Group:
     slot: int = 0
     hidden: Tensor | None = None  # the last scale's dense final states (R, m, C), for 'cache' restoration
     logits: Tensor | None = None  # the last scale's engine logits (R, m, V), for policies that compare branches
+    entropy: Tensor | None = None  # attention entropy of the probe scale (R, depth, n), and that scale's side
+    entropy_side: int = 0
     deltas: Tensor | None = None  # FastVAR: the reference scale's residual deltas (R, depth, 2, n, C)
 
     @property
@@ -80,6 +82,7 @@ class Group:
         self.cond = {k: v[:b] for k, v in self.cond.items()}
         self.hidden = self.hidden[:b] if self.hidden is not None else None
         self.deltas = self.deltas[:b] if self.deltas is not None else None
+        self.entropy = self.entropy[:b] if self.entropy is not None else None
         self.cfg_on = False
 
     def subset(self, local: Tensor, plan_idx: int) -> Group:
@@ -96,6 +99,9 @@ class Group:
             self.slot,
             pick(self.hidden),
             pick(self.deltas),
+            None,
+            pick(self.entropy),
+            self.entropy_side,
         )
 
 
@@ -145,6 +151,7 @@ class ScaleLoop:
         if self.capacity < kv_capacity(self.plans, self.sched):
             raise PlanError(f"KV capacity {self.capacity} is below what policy {policy.name!r} needs")
         self._zeros: dict[tuple, Tensor] = {}
+        self.latents: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))  # f_hat now, one scale earlier
 
     def zeros(self, shape: tuple[int, ...]) -> Tensor:
         if shape not in self._zeros:
@@ -208,7 +215,18 @@ class ScaleLoop:
             )
             x = x_full
         else:
-            state = ScaleState(si=si, samples=g.samples, x=x_full, plan=plan, engine=self.engine)
+            f_now, f_before = self.latents
+            sel = g.samples.to(f_now.device)
+            state = ScaleState(
+                si=si,
+                samples=g.samples,
+                x=x_full,
+                plan=plan,
+                engine=self.engine,
+                f_hat=f_now[sel],
+                f_hat_prev=f_before[sel],
+                groups=[g],
+            )
             local = self.policy.select(si, plan, state).to(dev)
             if local.shape != (g.b, n):
                 raise PlanError(
@@ -238,6 +256,8 @@ class ScaleLoop:
         g.kv_bias[:, g.slot : g.slot + n] = 0.0
         g.slot += n
         g.hidden = out["hidden"].clone()  # engine outputs may be reused buffers
+        if "entropy" in out:
+            g.entropy, g.entropy_side = out["entropy"].clone(), pn
         return out["logits"]
 
     # ------------------------------------------------------------------------------- regrouping
@@ -310,8 +330,10 @@ def generate(
     scale_seconds: list[float] = []
     decisions: list[dict] = []
 
+    f_prev = f_hat
     for si, pn in enumerate(sched.patch_nums):
         t0 = time.perf_counter()
+        loop.latents = (f_hat, f_prev)
         f_prev = f_hat
         idx_all = torch.full((b, pn * pn), -1, dtype=torch.int64)
         ran = False

@@ -61,6 +61,8 @@ class Plan:
     #: FastVAR graph)
     fastvar_blocks: tuple[int, int] | None = None
     fastvar_reference: int | None = None
+    #: the scale whose graph also returns attention entropy (ToProVAR's probe)
+    probe_scale: int | None = None
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
@@ -70,7 +72,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
-        allowed = {"name", "scales", "description", "fastvar_blocks", "fastvar_reference"}
+        allowed = {"name", "scales", "description", "fastvar_blocks", "fastvar_reference", "probe_scale"}
         unknown = set(d) - allowed
         if unknown:
             raise PlanError(f"plan has unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -94,6 +96,7 @@ class Plan:
             d.get("description", ""),
             tuple(blocks) if blocks is not None else None,
             d.get("fastvar_reference"),
+            d.get("probe_scale"),
         )
 
     @classmethod
@@ -108,11 +111,13 @@ class Plan:
         return cls.from_dict(data)
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "scales": [s.to_dict() for s in self.scales],
-        }
+        d = {"name": self.name, "description": self.description, "scales": [s.to_dict() for s in self.scales]}
+        if self.fastvar_blocks is not None:
+            d["fastvar_blocks"] = list(self.fastvar_blocks)
+            d["fastvar_reference"] = self.fastvar_reference
+        if self.probe_scale is not None:
+            d["probe_scale"] = self.probe_scale
+        return d
 
     def with_scale(self, si: int, **changes) -> Plan:
         scales = list(self.scales)
@@ -163,6 +168,12 @@ class Plan:
                     "unconditional KV of those scales was never computed, so once off it must stay off"
                 )
         self._validate_fastvar(schedule, depth)
+        if self.probe_scale is not None and not (
+            0 <= self.probe_scale < schedule.num_scales and self.scales[self.probe_scale].run
+        ):
+            raise PlanError(f"plan {self.name!r}: probe_scale {self.probe_scale} must be a scale that runs")
+        if self.probe_scale is not None and self.fastvar_blocks is not None:
+            raise PlanError(f"plan {self.name!r}: a FastVAR plan has no probe graph")
         return self
 
     def _validate_fastvar(self, schedule: ScaleSchedule, depth: int) -> None:
@@ -210,7 +221,7 @@ class Plan:
         rows, n = self.rows(si, batch), schedule.tokens(si)
         if self.fastvar_blocks is not None:
             return FastVarShape(rows, n, self.tokens(si, schedule), capacity, self.fastvar_blocks)
-        return StepShape(rows, self.tokens(si, schedule), n, capacity)
+        return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale)
 
 
 def kv_capacity(plans: Iterable[Plan], schedule: ScaleSchedule) -> int:

@@ -64,11 +64,6 @@ def normalise(scores: Tensor) -> Tensor:
     return (scores - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def attention_entropy(probs: Tensor) -> Tensor:
-    """Entropy of attention rows: -sum p log p over the last axis (0 for one-hot, log n uniform)."""
-    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
-
-
 # ------------------------------------------------------------------------------------ SkipVAR
 SOBEL_X = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
@@ -117,3 +112,25 @@ def logistic_argmax(
 def keep_count(tokens: int, keep: float) -> int:
     """FastVAR's count: N - floor(ratio N) with ratio = 1 - keep (at least one token)."""
     return max(1, tokens - math.floor((1 - keep) * tokens + 1e-9))
+
+
+# ------------------------------------------------------------------------------------ LD-Pruning
+def latent_discrepancy(f_now: Tensor, f_before: Tensor, side: int) -> Tensor:
+    """Per position of a side x side grid: || f_now - f_before || over channels, area-averaged —
+    how much the last scale changed the accumulated latent there (no decoder involved)."""
+    d = F.interpolate((f_now - f_before).float(), size=(side, side), mode="area")
+    return d.square().sum(1).sqrt().flatten(1)
+
+
+def branch_discrepancy(cond_logits: Tensor, uncond_logits: Tensor) -> Tensor:
+    """Per sample: mean total-variation distance between the conditional and unconditional token
+    distributions of a scale ((b, m, V) logits each)."""
+    return 0.5 * (cond_logits.float().softmax(-1) - uncond_logits.float().softmax(-1)).abs().sum(-1).mean(-1)
+
+
+# ------------------------------------------------------------------------------------ StageVAR
+def seeded_subset(b: int, n_total: int, n: int, seed: int, si: int) -> Tensor:
+    """(b, n) ascending random positions: the column-sampling form of a seeded random projection,
+    reproducible from (seed, scale)."""
+    g = torch.Generator().manual_seed(seed * 1000 + si)
+    return torch.stack([torch.randperm(n_total, generator=g)[:n].sort().values for _ in range(b)])

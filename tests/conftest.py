@@ -59,5 +59,15 @@ def policy_artifact(tmp_path_factory, tiny_models, plan_file) -> Path:
     from varrt.runtime.artifacts import ExportRequest, ensure_artifact
 
     out = tmp_path_factory.mktemp("exports") / "tiny-policies"
-    specs = ("full", "fastvar", "skipvar", str(plan_file))
+    specs = (
+        "full",
+        "fastvar",
+        "skipvar",
+        str(plan_file),
+        "ld-pruning",
+        "stepvar",
+        "toprovar",
+        "stagevar",
+        "skipvar+stepvar",
+    )
     return ensure_artifact(ExportRequest(tiny_source(), specs, 2, ExportConfig()), lambda: tiny_models, out=out)

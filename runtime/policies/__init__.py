@@ -14,10 +14,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from varrt.export.configs import VARConfig, VQVAEConfig
+from varrt.export.configs import ScaleSchedule, VARConfig, VQVAEConfig
 from varrt.export.graphs import GraphSpec
-from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.selectors import distance_to_mean, top_tokens
+from varrt.runtime.plan import Plan, PlanError, ScalePlan
+from varrt.runtime.selectors import distance_to_mean, keep_count, top_tokens
 
 
 @dataclass
@@ -30,8 +30,8 @@ class ScaleState:
     x: Tensor  # (b, N, Cvae) the scale's input tokens (select) / the next scale's (after_scale)
     plan: Plan | None
     engine: object
-    f_hat: Tensor | None = None  # (B, Cvae, s, s) after the scale
-    f_hat_prev: Tensor | None = None  # before it
+    f_hat: Tensor | None = None  # after the scale (after_scale) / after the previous scale (select)
+    f_hat_prev: Tensor | None = None  # the accumulated latent one scale earlier
     groups: list = field(default_factory=list)  # the generation's groups (their last logits, cache, ...)
 
 
@@ -73,6 +73,37 @@ class StaticPolicy(Policy):
         self.name = plan.name
 
 
+def late_budgets(
+    schedule: ScaleSchedule,
+    keep: tuple[float, ...],
+    restore: str,
+    cond_from: int | None = None,
+    name: str = "plan",
+    description: str = "",
+) -> Plan:
+    """A plan that keeps the fraction ``keep[i]`` of the tokens of each of the last len(keep) scales
+    (restoring the others by ``restore``) and runs conditional-only from scale ``cond_from`` on."""
+    sn = schedule.num_scales
+    if not keep or len(keep) >= sn or not all(0 < k <= 1 for k in keep):
+        raise PlanError(f"{name}: keep {keep} must be one fraction in (0, 1] per late scale, fewer than {sn}")
+    scales = []
+    for si in range(sn):
+        late = si - (sn - len(keep))
+        n = schedule.tokens(si)
+        budget = keep_count(n, keep[late]) if late >= 0 else None
+        pruned = budget is not None and budget < n
+        cfg = "cond" if cond_from is not None and si >= cond_from else "both"
+        scales.append(ScalePlan(budget=budget if pruned else None, cfg=cfg, restore=restore if pruned else "none"))
+    return Plan(name, tuple(scales), description)
+
+
+def fractions(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split("/"))
+    except ValueError:
+        raise PlanError(f"{what}: {text!r} is not a slash-separated list of numbers") from None
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """``name:key=value,key=value`` -> (name, {key: value})."""
     name, _, rest = spec.partition(":")
@@ -92,28 +123,61 @@ def check_options(name: str, opts: dict[str, str], allowed: dict[str, str]) -> N
         raise PlanError(f"policy {name!r} has no option(s) {sorted(unknown)}; its options are — {known}")
 
 
-def make_policy(spec: str, cfg: VARConfig) -> Policy:
-    """A policy by spec: ``full``, ``fastvar[:...]``, ``skipvar[:...]``, or a plan file."""
+def registry() -> dict[str, type]:
     from varrt.runtime.policies.fastvar import FastVarPolicy
+    from varrt.runtime.policies.ldpruning import LDPruningPolicy
     from varrt.runtime.policies.skipvar import SkipVarPolicy
+    from varrt.runtime.policies.stagevar import StageVarPolicy
+    from varrt.runtime.policies.stepvar import StepVarPolicy
+    from varrt.runtime.policies.toprovar import ToProVarPolicy
 
-    registry = {"fastvar": FastVarPolicy, "skipvar": SkipVarPolicy}
+    return {
+        "fastvar": FastVarPolicy,
+        "skipvar": SkipVarPolicy,
+        "ld-pruning": LDPruningPolicy,
+        "stepvar": StepVarPolicy,
+        "toprovar": ToProVarPolicy,
+        "stagevar": StageVarPolicy,
+    }
+
+
+def make_policy(spec: str, cfg: VARConfig) -> Policy:
+    """A policy by spec: ``full``, ``NAME[:key=value,...]``, ``A+B`` (composition), or a plan file."""
+    if "+" in spec:
+        from varrt.runtime.policies.compose import ComposedPolicy
+
+        parts = [make_policy(p, cfg) for p in spec.split("+")]
+        policy = parts[0]
+        for other in parts[1:]:
+            policy = ComposedPolicy(policy, other, cfg)
+        return policy
+    known = registry()
     if Path(spec).suffix in (".json", ".toml"):
         return StaticPolicy(Plan.load(spec).validate(cfg.schedule, cfg.depth))
     name, opts = parse_spec(spec)
     if name == "full":
         check_options(name, opts, {})
         return StaticPolicy(Plan.full(cfg.schedule))
-    if name not in registry:
-        raise PlanError(f"unknown policy {name!r}; known: full, {', '.join(registry)}, or a plan file (.json/.toml)")
-    policy = registry[name].from_options(cfg, opts)
+    if name not in known:
+        raise PlanError(f"unknown policy {name!r}; known: full, {', '.join(known)}, A+B, or a plan file (.json/.toml)")
+    policy = known[name].from_options(cfg, opts)
     for p in policy.plans:
         p.validate(cfg.schedule, cfg.depth)
     return policy
 
 
 def policy_names() -> list[str]:
-    return ["full", "fastvar", "skipvar"]
+    return ["full", *registry()]
 
 
-__all__ = ["Policy", "ScaleState", "StaticPolicy", "check_options", "make_policy", "parse_spec", "policy_names"]
+__all__ = [
+    "Policy",
+    "ScaleState",
+    "StaticPolicy",
+    "check_options",
+    "fractions",
+    "late_budgets",
+    "make_policy",
+    "parse_spec",
+    "policy_names",
+]

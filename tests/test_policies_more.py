@@ -1,0 +1,124 @@
+"""LD-Pruning, StepVAR, ToProVAR, StageVAR and composition: selectors on inputs with known answers."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from varrt.export.configs import var_config
+from varrt.export.var import attention_entropy
+from varrt.runtime.plan import PlanError
+from varrt.runtime.policies import ScaleState, make_policy
+from varrt.runtime.policies.ldpruning import LDPruningPolicy
+from varrt.runtime.policies.stepvar import StepVarPolicy
+from varrt.runtime.selectors import branch_discrepancy, high_pass, latent_discrepancy, seeded_subset, top_tokens
+
+CFG = var_config("var-tiny-d2")
+
+
+def test_a_flat_region_is_pruned_before_an_edge():
+    side = 6
+    x = torch.zeros(1, side * side, 4)
+    grid = x.view(1, side, side, 4)
+    grid[:, :, 3:, :] = 1.0  # a vertical edge between columns 2 and 3; flat on both sides
+    texture = high_pass(x, side).view(side, side)
+    assert texture[:, 2:4].min() > texture[:, :2].max() and texture[:, :2].max() == 0
+    policy = StepVarPolicy(CFG, alpha=1.0)
+    kept = top_tokens(policy.scores(x, side), 12)
+    assert sorted((kept[0] % side).unique().tolist()) == [2, 3]  # the two columns at the edge
+
+
+def test_latent_discrepancy_points_at_what_changed():
+    before = torch.zeros(1, 8, 16, 16)
+    now = before.clone()
+    now[:, :, :4, :4] = 1.0  # the last scale only changed the top-left corner
+    d = latent_discrepancy(now, before, 4)
+    assert d.view(4, 4)[0, 0] > 0 and d.view(4, 4).flatten()[1:].max() == 0
+    assert top_tokens(d, 1).tolist() == [[0]]
+
+
+def test_converged_branch_discrepancy_switches_cfg_off_at_the_expected_scale():
+    policy = LDPruningPolicy(CFG, threshold=0.1, min_scale=3)
+    # logits whose cond/uncond distance shrinks 1.0 -> 0.5 -> 0.3 -> 0.28: converged after scale 3
+    gaps = [4.0, 2.0, 1.2, 1.12, 1.1]
+    switched_at = None
+    for si, gap in enumerate(gaps):
+        logits = torch.zeros(2, 3, 8)
+        logits[0, :, 0] = gap  # conditional row prefers token 0 more and more weakly
+        group = SimpleNamespace(samples=torch.tensor([0]), plan_idx=0, cfg_on=True, logits=logits, b=1)
+        state = ScaleState(
+            si=si,
+            samples=torch.tensor([0]),
+            x=torch.zeros(1, 1, 1),
+            plan=None,
+            engine=None,
+            f_hat=torch.zeros(1, 1, 1, 1),
+            groups=[group],
+        )
+        assign = policy.after_scale(state)
+        if assign is not None:
+            switched_at = si
+            assert policy.plans[int(assign[0])].name == f"ld-pruning-cfgoff{si + 1}"
+            break
+    d = [branch_discrepancy(torch.tensor([[[g] + [0.0] * 7]]), torch.zeros(1, 1, 8)).item() for g in gaps]
+    expected = next(si for si in range(3, len(d)) if abs(d[si] - d[si - 1]) / d[si - 1] < 0.1)
+    assert switched_at == expected == 3
+
+
+def test_entropy_of_one_hot_and_uniform_rows():
+    one_hot = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    uniform = torch.full((1, 8), 1 / 8)
+    assert attention_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_entropy(uniform).item() == pytest.approx(math.log(8), rel=1e-6)
+
+
+def test_random_projection_is_reproducible_by_seed():
+    a, b, c = seeded_subset(2, 100, 10, 7, 8), seeded_subset(2, 100, 10, 7, 8), seeded_subset(2, 100, 10, 8, 8)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a.diff(dim=1) > 0).all()
+
+
+def test_toprovar_probe_returns_entropy_that_the_selection_uses(tiny_models):
+    from varrt.engines.torch_engine import TorchEngine
+    from varrt.runtime.generate import generate
+
+    policy = make_policy("toprovar", CFG)
+    plan = policy.plans[0]
+    # pruned fraction alpha_min + (alpha_max - alpha_min) * s / (SN - 1), kept count N - floor(pruned * N)
+    expected = [n - math.floor((0.3 + 0.3 * si / 9) * n) for si, n in ((8, 169), (9, 256))]
+    assert plan.probe_scale == 7 and [s.budget for s in plan.scales[-2:]] == expected
+    g = generate(TorchEngine(*tiny_models), [3], seed=0, policy=policy)
+    assert all(i is not None and (i >= 0).all() for i in g.indices)
+
+
+def test_composition_is_data():
+    policy = make_policy("skipvar+stepvar", CFG)
+    assert len(policy.plans) == 7 and policy.split_from == make_policy("skipvar", CFG).split_from
+    assert all(p.scales[9].restore == "nearest" or not p.scales[9].run for p in policy.plans)
+    skip3 = policy.plans[3]
+    assert not skip3.scales[9].run and skip3.scales[6].budget is None
+    with pytest.raises(PlanError, match="both make run-time decisions"):
+        make_policy("skipvar+ld-pruning", CFG)
+    with pytest.raises(PlanError, match="does not compose"):
+        make_policy("fastvar+stepvar", CFG)
+
+
+def test_stagevar_runs_the_conditional_branch_in_the_late_stage():
+    plan = make_policy("stagevar", CFG).plans[0]
+    assert [s.cfg for s in plan.scales] == ["both"] * 7 + ["cond"] * 3
+    assert [s.budget for s in plan.scales[-3:]] == [60, 85, 103]
+
+
+@pytest.mark.parametrize("spec", ["fastvar", "toprovar", "stagevar", "ld-pruning", "skipvar+stepvar"])
+def test_every_policy_plan_survives_a_file_roundtrip(spec, tmp_path):
+    import json
+
+    from varrt.runtime.plan import Plan
+
+    for plan in make_policy(spec, CFG).plans:
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps(plan.to_dict()))
+        assert Plan.load(path) == plan
