@@ -7,18 +7,20 @@ import sys
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+#: not a terminal (logs, CI, pipes): wide enough that graph names and tables never wrap
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 def warn(msg: str) -> None:
-    console.print(f"[bold yellow]warning:[/] {msg}")
+    console.print(f"[bold yellow]warning:[/] {escape(msg)}")
 
 
 def info(msg: str) -> None:
-    console.print(msg)
+    console.print(escape(msg))
 
 
 @contextlib.contextmanager
@@ -54,16 +56,16 @@ def status(what: str) -> Iterator:
     with console.status(what) as st:
 
         def say(msg: str) -> None:
-            st.update(f"{what}: {msg}")
-            console.print(f"[dim]{what}:[/] {msg}")
+            st.update(f"{what}: {escape(msg)}")
+            console.print(f"[dim]{what}:[/] {escape(msg)}")
 
         yield say
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right")
+        t.add_column(escape(c), justify="left" if i == 0 else "right")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(escape(str(x)) for x in r))
     return t

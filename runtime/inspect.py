@@ -186,7 +186,7 @@ TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2), "bfloat16": (2e-
 
 def compare_backends(args, make_engine: Callable[[str], object]) -> Table:
     """Every graph (or --graphs) of an artifact on each backend vs the first, with polygraphy's Comparator."""
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     from varrt.engines.compare import polygraphy_runner, random_feeds
@@ -212,7 +212,7 @@ def compare_backends(args, make_engine: Callable[[str], object]) -> Table:
         for other in backends[1:]:
             acc = Comparator.compare_accuracy(
                 results,
-                compare_func=CompareFunc.simple(atol=atol, rtol=rtol, check_error_stat="max"),
+                compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="max"),
                 comparisons=[(0, backends.index(other))],
             )
             ref, got = results[0][1][0], results[backends.index(other)][1][0]
@@ -220,7 +220,7 @@ def compare_backends(args, make_engine: Callable[[str], object]) -> Table:
             ok_all &= bool(acc)
             rows.append([graph.name, f"{backends[0]} vs {other}", "pass" if acc else "FAIL", f"{worst:.2e}"])
     title = (
-        f"{args.artifact} ({m.precision}): polygraphy CompareFunc.simple(atol={atol}, rtol={rtol}, "
+        f"{args.artifact} ({m.precision}): polygraphy SimpleCompareFunc(atol={atol}, rtol={rtol}, "
         f"check_error_stat=max) — {'all pass' if ok_all else 'FAILURES'}"
     )
     return table(title, ["graph", "backends", "result", "max |diff| / max |ref|"], rows)

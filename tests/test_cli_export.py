@@ -9,14 +9,12 @@ from varrt.runtime.cli import main
 
 
 def test_export_then_generate_from_the_artifact(tmp_path, capsys):
-    art = tmp_path / "art"
-    assert main(["export", "--random-weights", "--model", "var-tiny-d2", "--out", str(art)]) == 0
-    out = capsys.readouterr()
-    assert out.out.strip() == str(art) and "transformer_r2_n256_m256_t680" in out.err
-    assert main(["generate", "--artifact", str(art), "--class", "3", "--quiet", "--out", str(tmp_path / "a")]) == 0
-    # the same request without --artifact finds its export in the cache by hash (no second export)
     assert main(["export", "--random-weights", "--model", "var-tiny-d2"]) == 0
-    cached = capsys.readouterr().out.strip()
+    out = capsys.readouterr()
+    cached = out.out.strip()
+    assert "transformer_r2_n256_m256_t680" in out.err
+    assert main(["generate", "--artifact", cached, "--class", "3", "--quiet", "--out", str(tmp_path / "a")]) == 0
+    # the same request without --artifact finds its export in the cache by hash (no second export)
     assert (
         main(["generate", "--random-weights", "--model", "var-tiny-d2", "--class", "3", "--out", str(tmp_path / "b")])
         == 0
