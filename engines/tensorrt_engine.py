@@ -1,6 +1,6 @@
 """TensorRT backend: build engines from an export artifact, and run them (TensorRT 10.12+ and 11.x).
 
-One engine per component (conditioner, transformer, [transformer_fastvar], decoder), with one
+One engine per component (conditioner, transformer[, _probe, _layers, _fastvar], decoder), with one
 optimisation profile per static graph (min = opt = max); weights are stored once
 (``extra_memory_target = 0`` on every profile after the first, checked with the engine's
 total-weights statistic). Networks are strongly typed: the precision is the ONNX graph's.

@@ -62,25 +62,29 @@ class ExportConfig:
             raise ValueError(f"opset {self.opset}: varrt exports opset 18-20 (TensorRT 10's parser covers 9-20)")
 
 
-def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: tuple[int, int] | None) -> GraphSpec:
+def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: tuple[int, ...] | None) -> GraphSpec:
     """Shapes to trace with: small, distinct, never 0 or 1 on a symbolic dim."""
     if component == "conditioner":
         return conditioner_spec(var.cfg, 3)
     if component in ("transformer", "transformer_probe"):
         shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=component == "transformer_probe")
         return transformer_spec(var.cfg, shape, precision)
+    if component == "transformer_layers":
+        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, layers=blocks)
+        return transformer_spec(var.cfg, shape, precision)
     if component == "transformer_fastvar":
         return fastvar_spec(var.cfg, FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks), precision)
     return decoder_spec(vqvae.cfg, 3, side=vqvae.cfg.patch_nums[-1])
 
 
-def components_of(graphs: Sequence[GraphSpec]) -> dict[str, tuple[int, int] | None]:
-    """The components a graph list needs (in a stable order), with FastVAR's pruned blocks."""
-    out: dict[str, tuple[int, int] | None] = {}
+def components_of(graphs: Sequence[GraphSpec]) -> dict[str, tuple[int, ...] | None]:
+    """The components a graph list needs (in a stable order), with their static block structure
+    (FastVAR's pruned range, a layer set)."""
+    out: dict[str, tuple[int, ...] | None] = {}
     for g in graphs:
         if g.component in out and out[g.component] != g.blocks:
             raise ExportError(
-                f"one artifact holds one {g.component} graph; got pruned blocks {out[g.component]} "
+                f"one artifact holds one {g.component} graph; got blocks {out[g.component]} "
                 f"and {g.blocks} (export the two policies separately)"
             )
         out[g.component] = g.blocks

@@ -34,7 +34,14 @@ DTYPES = {
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 #: every graph component, in export order (graph_module builds each)
-COMPONENTS = ("conditioner", "transformer", "transformer_probe", "transformer_fastvar", "decoder")
+COMPONENTS = (
+    "conditioner",
+    "transformer",
+    "transformer_probe",
+    "transformer_layers",
+    "transformer_fastvar",
+    "decoder",
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,9 @@ class GraphSpec:
     component: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    #: static structure beyond shapes (FastVAR's pruned blocks): part of what the engine compiled
-    blocks: tuple[int, int] | None = None
+    #: static structure beyond shapes, part of what the engine compiled: FastVAR's pruned block
+    #: range [first, last), or a layer-set graph's blocks that run
+    blocks: tuple[int, ...] | None = None
 
     def to_dict(self) -> dict:
         d = {
@@ -113,9 +121,16 @@ class StepShape:
     outputs: int
     capacity: int
     probe: bool = False  # also return the attention entropy (ToProVAR's probe scale): another graph
+    layers: tuple[int, ...] | None = None  # the blocks that run (a layer set); None = all: another graph
+
+    def __post_init__(self) -> None:
+        if self.probe and self.layers is not None:
+            raise ValueError("a probe graph runs every block (its entropy is per block)")
 
     @property
     def component(self) -> str:
+        if self.layers is not None:
+            return "transformer_layers"
         return "transformer_probe" if self.probe else "transformer"
 
     @property
@@ -192,6 +207,7 @@ def transformer_spec(cfg: VARConfig, shape: StepShape, dtype: str = "float32") -
             TensorSpec("hidden", (r, m, cfg.width), "float32"),
             *((TensorSpec("entropy", (r, cfg.depth, n), "float32"),) if shape.probe else ()),
         ),
+        blocks=shape.layers,
     )
 
 
@@ -242,15 +258,16 @@ class ConditionerGraph(nn.Module):
 
 
 class TransformerGraph(nn.Module):
-    """The per-scale step; the probe variant also returns the attention entropy of every block."""
+    """The per-scale step; the probe variant also returns the attention entropy of every block, the
+    layer-set variant runs only ``layers`` (the others add keys and values only)."""
 
-    def __init__(self, var: VAR, probe: bool = False) -> None:
+    def __init__(self, var: VAR, probe: bool = False, layers: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        self.var, self.probe = var, probe
+        self.var, self.probe, self.layers = var, probe, layers
 
     def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias, fill_idx, fill_mask, restore):
         cond = Conditioning(sos, ada, head_ada)
-        return self.var.step(x, pos_idx, cond, kv, kv_bias, fill_idx, fill_mask, restore, self.probe)
+        return self.var.step(x, pos_idx, cond, kv, kv_bias, fill_idx, fill_mask, restore, self.probe, self.layers)
 
 
 class FastVarGraph(nn.Module):
@@ -275,12 +292,16 @@ class DecoderGraph(nn.Module):
 
 
 def graph_module(
-    component: str, var: VAR | None, vqvae: VQVAE | None, blocks: tuple[int, int] | None = None
+    component: str, var: VAR | None, vqvae: VQVAE | None, blocks: tuple[int, ...] | None = None
 ) -> nn.Module:
     if component == "conditioner":
         return ConditionerGraph(var)
     if component in ("transformer", "transformer_probe"):
         return TransformerGraph(var, probe=component == "transformer_probe")
+    if component == "transformer_layers":
+        if blocks is None:
+            raise ValueError("a layer-set graph needs its layer set")
+        return TransformerGraph(var, layers=tuple(blocks))
     if component == "transformer_fastvar":
         if blocks is None:
             raise ValueError("a FastVAR graph needs its pruned block range")

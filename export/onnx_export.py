@@ -27,24 +27,20 @@ from varrt.export.graphs import GraphSpec
 #: symbolic dims of each component's inputs (axis -> dim name)
 _CONDITIONED = {"sos": {0: "rows"}, "ada": {0: "rows"}, "head_ada": {0: "rows"}, "kv": {0: "rows", 4: "capacity"}}
 _TOKENS = {"x": {0: "rows", 1: "tokens"}, "pos_idx": {0: "rows", 1: "tokens"}}
+_STEP = {
+    **_TOKENS,
+    **_CONDITIONED,
+    "kv_bias": {0: "capacity"},
+    "fill_idx": {0: "rows", 1: "outputs"},
+    "fill_mask": {0: "rows", 1: "outputs"},
+    "restore": {0: "rows", 1: "outputs"},
+}
 COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
-    "transformer": {
-        **_TOKENS,
-        **_CONDITIONED,
-        "kv_bias": {0: "capacity"},
-        "fill_idx": {0: "rows", 1: "outputs"},
-        "fill_mask": {0: "rows", 1: "outputs"},
-        "restore": {0: "rows", 1: "outputs"},
-    },
-    "transformer_probe": {
-        **_TOKENS,
-        **_CONDITIONED,
-        "kv_bias": {0: "capacity"},
-        "fill_idx": {0: "rows", 1: "outputs"},
-        "fill_mask": {0: "rows", 1: "outputs"},
-        "restore": {0: "rows", 1: "outputs"},
-    },
+    # the probe and layer-set graphs take the plain step's inputs
+    "transformer": _STEP,
+    "transformer_probe": _STEP,
+    "transformer_layers": _STEP,
     "transformer_fastvar": {
         **_TOKENS,
         **_CONDITIONED,

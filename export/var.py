@@ -160,6 +160,13 @@ class AdaLNSelfAttn(nn.Module):
         a, *rest = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v, entropy)
         return (a * gamma1, *rest)
 
+    def keys_values(self, x: Tensor, ada: Tensor) -> tuple[Tensor, Tensor]:
+        """The block's keys and values of ``x`` without its attention and FFN (a skipped block):
+        later scales still attend to these tokens in this block, at 2C^2 of the block's 12C^2 per token."""
+        _, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
+        _, k, v = self.attn.qkv(layer_norm(x, self.eps) * (scale1 + 1) + shift1)
+        return k, v
+
     def ffn_branch(self, x: Tensor, ada: Tensor) -> Tensor:
         """gamma2 * FFN(LN(x) (1 + scale2) + shift2): the feed-forward sub-block's residual delta."""
         _, gamma2, _, scale2, _, shift2 = (a.unsqueeze(1) for a in ada.unbind(1))
@@ -273,6 +280,7 @@ class VAR(nn.Module):
         fill_mask: Tensor | None = None,
         restore: Tensor | None = None,
         probe: bool = False,
+        layers: tuple[int, ...] | None = None,
     ) -> tuple[Tensor, ...]:
         """One scale: the n computed tokens attend to the live cache slots and to each other.
 
@@ -285,12 +293,18 @@ class VAR(nn.Module):
         from the nearest computed token, cached restoration from an earlier scale's states.
         Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, head_dim), hidden (R, m, C), and
         with ``probe`` the attention entropy of the computed tokens in every block (R, depth, n).
+        ``layers`` (a layer set; None = all) are the blocks that run; the others leave the residual
+        stream as it is and only add the tokens' keys and values to the cache (``keys_values``), so
+        the cache stays dense and later scales need no per-block masks.
         """
         h = self.embed(x, pos_idx, cond.sos)
         n = h.shape[1]
         bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
         new_kv, entropy = [], []
         for i, blk in enumerate(self.blocks):
+            if layers is not None and i not in layers:
+                new_kv.append(torch.stack(blk.keys_values(h, cond.ada[:, i]), dim=1))
+                continue
             h, k, v, *ent = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1], probe)
             new_kv.append(torch.stack((k, v), dim=1))
             entropy += ent

@@ -2,7 +2,8 @@
 
 Per block and computed token: 24 C^2 (qkv 6, proj 2, fc1 8, fc2 8); attention 4 C n L over the
 L live keys of that block; head 2 C V per output position; word embedding 2 Cvae C per token.
-Both CFG rows count. The AdaLN projections run once per generation (the conditioner) and are
+A block outside a scale's layer set only projects its tokens' keys and values (4 C^2 per token)
+and adds them to its cache. Both CFG rows count. The AdaLN projections run once per generation (the conditioner) and are
 reported apart. Attention is counted over live keys only — what the math needs, not the empty
 cache slots a fixed-capacity graph also visits.
 """
@@ -45,8 +46,11 @@ def plan_flops(cfg: VARConfig, plan: Plan, batch: int = 1) -> list[ScaleFlops]:
                 a, b = plan.fastvar_blocks
                 n_l = n if a <= layer < b else n_full
             else:
-                n_l = n if sp.layers is None or layer in sp.layers else 0
+                n_l = n
             live[layer] += n_l
+            if sp.layers is not None and layer not in sp.layers:
+                linear += 4 * c * c * n_l  # keys and values only
+                continue
             linear += 24 * c * c * n_l
             attention += 4 * c * n_l * live[layer]
         embed_tokens = n_full if plan.fastvar_blocks is not None else n

@@ -167,6 +167,14 @@ class Plan:
                     f"{where}: CFG is switched back on after scale {cond_from} ran conditional-only; the "
                     "unconditional KV of those scales was never computed, so once off it must stay off"
                 )
+        layer_sets = {s.layers for s in self.scales if s.run and s.layers is not None}
+        if len(layer_sets) > 1:
+            raise PlanError(
+                f"plan {self.name!r}: scales use different layer sets {sorted(layer_sets)}; a plan has one "
+                "layer-set graph (its blocks are compiled in), so every scale that skips blocks skips the same"
+            )
+        if self.probe_scale is not None and self.scales[self.probe_scale].layers is not None:
+            raise PlanError(f"plan {self.name!r}: the probe scale {self.probe_scale} runs every block (no layer set)")
         self._validate_fastvar(schedule, depth)
         if self.probe_scale is not None and not (
             0 <= self.probe_scale < schedule.num_scales and self.scales[self.probe_scale].run
@@ -221,7 +229,8 @@ class Plan:
         rows, n = self.rows(si, batch), schedule.tokens(si)
         if self.fastvar_blocks is not None:
             return FastVarShape(rows, n, self.tokens(si, schedule), capacity, self.fastvar_blocks)
-        return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale)
+        layers = self.scales[si].layers
+        return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale, layers=layers)
 
 
 def kv_capacity(plans: Iterable[Plan], schedule: ScaleSchedule) -> int:

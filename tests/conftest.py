@@ -66,7 +66,7 @@ def policy_artifact(tmp_path_factory, tiny_models, plan_file) -> Path:
         str(plan_file),
         "ld-pruning",
         "stepvar",
-        "toprovar",
+        "toprovar:skip=1",  # with the layer dimension: a layer-set graph
         "stagevar",
         "skipvar+stepvar",
     )

@@ -198,7 +198,17 @@ def test_fastvar_step_without_pruning_is_the_dense_step():
 # ------------------------------------------------------------------------------------------ backends
 @pytest.mark.parametrize(
     "spec",
-    ["full", "fastvar", "skipvar", "plan-file", "ld-pruning", "stepvar", "toprovar", "stagevar", "skipvar+stepvar"],
+    [
+        "full",
+        "fastvar",
+        "skipvar",
+        "plan-file",
+        "ld-pruning",
+        "stepvar",
+        "toprovar:skip=1",
+        "stagevar",
+        "skipvar+stepvar",
+    ],
 )
 def test_policies_decide_and_sample_the_same_on_torch_and_ort(spec, policy_artifact, tiny_models, plan_file):
     spec = str(plan_file) if spec == "plan-file" else spec

@@ -112,7 +112,9 @@ def test_stagevar_runs_the_conditional_branch_in_the_late_stage():
     assert [s.budget for s in plan.scales[-3:]] == [60, 85, 103]
 
 
-@pytest.mark.parametrize("spec", ["fastvar", "toprovar", "stagevar", "ld-pruning", "skipvar+stepvar"])
+@pytest.mark.parametrize(
+    "spec", ["fastvar", "toprovar", "toprovar:skip=1", "stagevar", "ld-pruning", "skipvar+stepvar"]
+)
 def test_every_policy_plan_survives_a_file_roundtrip(spec, tmp_path):
     import json
 
@@ -122,3 +124,48 @@ def test_every_policy_plan_survives_a_file_roundtrip(spec, tmp_path):
         path = tmp_path / "p.json"
         path.write_text(json.dumps(plan.to_dict()))
         assert Plan.load(path) == plan
+
+
+def test_a_skipped_block_passes_its_tokens_through_and_only_adds_keys_and_values(tiny_models):
+    from varrt.export.graphs import StepShape, graph_module, transformer_spec
+
+    var = tiny_models[0]
+    torch.manual_seed(0)
+    cond = var.condition(torch.tensor([3, 1000]))
+    n, t = 4, 5  # scale 2 (2x2) after the start token
+    x, pos = torch.randn(2, n, CFG.latent_channels), torch.arange(1, 1 + n).expand(2, -1)
+    kv = torch.randn(2, CFG.depth, 2, CFG.heads, t, CFG.head_dim)
+    bias = torch.zeros(t)
+    fill = torch.arange(n).expand(2, -1), torch.ones(2, n), torch.zeros(2, n, CFG.width)
+    with torch.no_grad():
+        logits, new_kv, hidden = var.step(x, pos, cond, kv, bias, *fill, layers=(0,))
+        # by hand: block 0 as usual, block 1 untouched except for its keys and values
+        h = var.embed(x, pos, cond.sos)
+        full_bias = torch.cat((bias, torch.zeros(n)))
+        h, k0, v0 = var.blocks[0](h, cond.ada[:, 0], full_bias, kv[:, 0, 0], kv[:, 0, 1])
+        k1, v1 = var.blocks[1].keys_values(h, cond.ada[:, 1])
+        graph = graph_module("transformer_layers", var, None, (0,))
+        spec = transformer_spec(CFG, StepShape(2, n, n, t, layers=(0,)))
+        via_graph = graph(x, pos, cond.sos, cond.ada, cond.head_ada, kv, bias, *fill)
+    torch.testing.assert_close(hidden, h)
+    torch.testing.assert_close(logits, var.logits(h, cond.head_ada))
+    torch.testing.assert_close(new_kv, torch.stack((torch.stack((k0, v0), 1), torch.stack((k1, v1), 1)), 1))
+    assert spec.component == "transformer_layers" and spec.blocks == (0,)
+    torch.testing.assert_close(via_graph[0], logits)
+
+
+def test_toprovar_layer_dimension_plans_and_flops():
+    from varrt.runtime.flops import plan_flops
+
+    plain, skipping = make_policy("toprovar", CFG).plans[0], make_policy("toprovar:skip=1", CFG).plans[0]
+    assert [s.layers for s in skipping.scales] == [None] * 8 + [(0,), (0,)]
+    f_plain, f_skip = plan_flops(CFG, plain), plan_flops(CFG, skipping)
+    assert f_skip[:8] == f_plain[:8] and all(a.total < b.total for a, b in zip(f_skip[8:], f_plain[8:]))
+    with pytest.raises(PlanError, match="some \\(not all\\)"):
+        make_policy("toprovar:skip=0/1", CFG)
+    with pytest.raises(PlanError, match="different layer sets"):
+        from dataclasses import replace
+
+        scales = list(skipping.scales)
+        scales[9] = replace(scales[9], layers=(1,))
+        replace(skipping, scales=tuple(scales)).validate(CFG.schedule, CFG.depth)

@@ -161,6 +161,8 @@ def make_policy(spec: str, cfg: VARConfig) -> Policy:
     if name not in known:
         raise PlanError(f"unknown policy {name!r}; known: full, {', '.join(known)}, A+B, or a plan file (.json/.toml)")
     policy = known[name].from_options(cfg, opts)
+    if opts:  # reports and errors tell variants of one policy apart
+        policy.name = f"{name}:" + ",".join(f"{k}={v}" for k, v in opts.items())
     for p in policy.plans:
         p.validate(cfg.schedule, cfg.depth)
     return policy

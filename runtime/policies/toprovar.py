@@ -11,12 +11,24 @@ Scale dimension. The pruning tendency grows with the scale, phi(s) = s / (SN - 1
 prunes the fraction alpha_min + (alpha_max - alpha_min) phi(s) of its tokens (static budgets, the
 top-k form of the paper's keep probability).
 
-Layer dimension (skipping the blocks the entropy analysis marks redundant at late scales) is not
-implemented: it needs layer-subset graphs or a per-block segment split; see the issue notes.
+Layer dimension. From the cut-off scale on, the blocks in ``skip`` do not run: their tokens pass
+through unchanged and the block only projects their keys and values for the cache (a layer-set
+graph, ``transformer_layers``, with the skipped blocks compiled in; 4 C^2 of a block's 24 C^2 per
+token). Which blocks are redundant is an offline entropy analysis, since a static graph cannot
+depend on one image: ``python tools/toprovar_layers.py`` runs the probe over a few samples and
+names the blocks whose attention is most diffuse (highest mean entropy) at the probe scale; pass
+them as ``toprovar:skip=i/j/k``. Default: no block skipped (the paper's layer scores are not
+published, and a wrong choice costs fidelity, not speed).
+
+Why one layer-set graph rather than a segment split (one engine per run of blocks, called in turn
+with the runtime skipping segments): a split adds an engine call and a hidden-state round trip per
+segment at every scale and breaks TensorRT's fusion at each cut; the layer-set graph adds no weight
+bytes to the export (shared weights file) but, under TensorRT, one more engine with its own copy of
+the transformer weights. Latency over GPU memory; see docs/policies.md.
 
 Choices (knobs in brackets): probe = the scale before the cut-off [probe]; cut-off D = SN - 2 (the
 last two scales) [cutoff]; alpha_min 0.3, alpha_max 0.6 [alpha_min, alpha_max]; blocks weighted
-equally (the paper's layer scores are not published).
+equally in the token score (the paper's layer scores are not published); skipped blocks [skip].
 """
 
 from __future__ import annotations
@@ -36,7 +48,12 @@ OPTIONS = {
     "probe": "probe scale (default D - 1)",
     "alpha_min": "pruned fraction at phi = 0 (default 0.3)",
     "alpha_max": "at phi = 1 (default 0.6)",
+    "skip": "blocks not run from the cut-off on, e.g. 9/10/11 (default none; tools/toprovar_layers.py)",
 }
+
+
+def parse_blocks(text: str) -> tuple[int, ...]:
+    return tuple(sorted({int(b) for b in text.split("/") if b}))
 
 
 class ToProVarPolicy(Policy):
@@ -48,7 +65,8 @@ class ToProVarPolicy(Policy):
         try:
             cutoff = int(opts["cutoff"]) if "cutoff" in opts else None
             probe = int(opts["probe"]) if "probe" in opts else None
-            return cls(cfg, cutoff, probe, float(opts.get("alpha_min", 0.3)), float(opts.get("alpha_max", 0.6)))
+            alphas = float(opts.get("alpha_min", 0.3)), float(opts.get("alpha_max", 0.6))
+            return cls(cfg, cutoff, probe, *alphas, skip=parse_blocks(opts.get("skip", "")))
         except ValueError as e:
             raise PlanError(f"toprovar options {opts}: {e}") from None
 
@@ -59,6 +77,7 @@ class ToProVarPolicy(Policy):
         probe: int | None = None,
         alpha_min: float = 0.3,
         alpha_max: float = 0.6,
+        skip: tuple[int, ...] = (),
     ) -> None:
         sched = cfg.schedule
         sn = sched.num_scales
@@ -68,6 +87,9 @@ class ToProVarPolicy(Policy):
             raise PlanError(f"toprovar: need 0 <= probe < cutoff < {sn}, got probe {probe}, cutoff {cutoff}")
         if not 0 <= alpha_min <= alpha_max < 1:
             raise PlanError(f"toprovar: need 0 <= alpha_min <= alpha_max < 1, got {alpha_min}, {alpha_max}")
+        if not all(0 <= b < cfg.depth for b in skip) or len(skip) >= cfg.depth:
+            raise PlanError(f"toprovar: skip must name some (not all) of the blocks 0..{cfg.depth - 1}, got {skip}")
+        layers = tuple(b for b in range(cfg.depth) if b not in skip) if skip else None
         scales = []
         for si in range(sn):
             n = sched.tokens(si)
@@ -76,15 +98,18 @@ class ToProVarPolicy(Policy):
                 continue
             keep = 1 - (alpha_min + (alpha_max - alpha_min) * sched.ratio(si))
             budget = keep_count(n, keep)
-            scales.append(ScalePlan(budget=budget, restore="cache") if budget < n else ScalePlan())
+            pruned = dict(budget=budget, restore="cache") if budget < n else {}
+            scales.append(ScalePlan(**pruned, layers=layers))
         plan = Plan(
             "toprovar",
             tuple(scales),
             f"ToProVAR: entropy probe at scale {probe}, lowest-entropy tokens kept "
-            f"from scale {cutoff} on (pruned fraction {alpha_min} + {alpha_max - alpha_min} phi(s))",
+            f"from scale {cutoff} on (pruned fraction {alpha_min} + {alpha_max - alpha_min} phi(s))"
+            + (f", blocks {'/'.join(map(str, skip))} skipped" if skip else ""),
         )
         plan = replace(plan, probe_scale=probe)
-        super().__init__((plan,), {"cutoff": cutoff, "probe": probe, "alpha_min": alpha_min, "alpha_max": alpha_max})
+        knobs = {"cutoff": cutoff, "probe": probe, "alpha_min": alpha_min, "alpha_max": alpha_max, "skip": list(skip)}
+        super().__init__((plan,), knobs)
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
         sched = state.engine.var_config.schedule
