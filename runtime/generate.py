@@ -90,18 +90,18 @@ class Group:
         rows = torch.cat((local, local + self.b)) if self.cfg_on else local
         pick = lambda t: t.index_select(0, rows.to(t.device)) if t is not None else None  # noqa: E731
         return Group(
-            self.samples[local],
-            plan_idx,
-            pick(self.kv),
-            self.kv_bias.clone(),
-            {k: pick(v) for k, v in self.cond.items()},
-            self.cfg_on,
-            self.slot,
-            pick(self.hidden),
-            pick(self.deltas),
-            None,
-            pick(self.entropy),
-            self.entropy_side,
+            samples=self.samples[local],
+            plan_idx=plan_idx,
+            kv=pick(self.kv),
+            kv_bias=self.kv_bias.clone(),
+            cond={k: pick(v) for k, v in self.cond.items()},
+            cfg_on=self.cfg_on,
+            slot=self.slot,
+            hidden=pick(self.hidden),
+            logits=pick(self.logits),
+            entropy=pick(self.entropy),
+            entropy_side=self.entropy_side,
+            deltas=pick(self.deltas),
         )
 
 
