@@ -67,9 +67,17 @@ def compare(reference: Engine, candidate: Engine, graphs: Sequence[GraphSpec], s
         got = candidate.run(graph, {k: v.to(candidate.device) for k, v in feeds.items()})
         for spec in graph.outputs:
             r, c = ref[spec.name].float().cpu(), got[spec.name].float().cpu()
+            if graph.component == "transformer_fastvar" and spec.name == "new_kv":
+                r, c = slot_order_free(r), slot_order_free(c)
             diff = (r - c).abs().max().item()
             out.append(Difference(graph.name, spec.name, diff, diff / max(r.abs().max().item(), 1e-12)))
     return out
+
+
+def slot_order_free(new_kv: Tensor) -> Tensor:
+    """FastVAR writes a pruned block's keys and values in pivotal-rank order, and near-equal ranks
+    may swap between backends; attention does not see slot order, so compare them sorted."""
+    return new_kv.sort(dim=4).values
 
 
 def polygraphy_runner(engine: Engine, graph: GraphSpec):

@@ -109,6 +109,7 @@ class OrtEngine:
         graph.check_feeds(dict(feeds))
         sess = self.sessions[graph.component]
         if self.device.type == "cpu":
+            feeds = live_prefix(feeds)
             outs = sess.run(None, {k: v.detach().contiguous().numpy() for k, v in feeds.items()})
             return {spec.name: torch.from_numpy(o) for spec, o in zip(graph.outputs, outs)}
         return self._run_bound(sess, graph, feeds)
@@ -134,3 +135,22 @@ class OrtEngine:
         torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch are ready
         sess.run_with_iobinding(binding)
         return outs
+
+
+def live_prefix(feeds: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    """Cut the KV cache to its live prefix before a CPU run.
+
+    The static graphs take the whole fixed-capacity cache (T slots) with the unused slots masked,
+    which TensorRT and CUDA graphs want; on the CPU, ONNX Runtime's symbolic-capacity session would
+    spend most of an early scale concatenating and attending over empty slots (var-d16: 680 slots
+    when 1-30 are live). Slots are filled in order, so everything after the last slot that any
+    block sees is dead; dropping it changes no result (masked slots add exp(-inf) = 0).
+    """
+    if "kv" not in feeds or "kv_bias" not in feeds:
+        return feeds
+    bias = feeds["kv_bias"]
+    live = (bias == 0).reshape(-1, bias.shape[-1]).any(0).nonzero()
+    end = int(live[-1]) + 1 if live.numel() else 1
+    if end == bias.shape[-1]:
+        return feeds
+    return {**feeds, "kv": feeds["kv"][:, :, :, :, :end], "kv_bias": bias[..., :end]}

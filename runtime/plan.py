@@ -227,7 +227,10 @@ class Plan:
 
     def step_shape(self, si: int, schedule: ScaleSchedule, batch: int, capacity: int) -> StepShape | FastVarShape:
         rows, n = self.rows(si, batch), schedule.tokens(si)
-        if self.fastvar_blocks is not None:
+        ref = self.fastvar_reference
+        if self.fastvar_blocks is not None and ref is not None and si >= ref:
+            # from the reference scale on (it hands its deltas to the pruned scales); the dense scales
+            # before it run the plain graph, which skips FastVAR's per-sub-block ranking
             return FastVarShape(rows, n, self.tokens(si, schedule), capacity, self.fastvar_blocks)
         layers = self.scales[si].layers
         return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale, layers=layers)

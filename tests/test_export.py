@@ -11,7 +11,7 @@ import torch
 
 from helpers import tiny_source
 from varrt.engines.base import BackendUnavailable, EngineError
-from varrt.engines.compare import compare
+from varrt.engines.compare import compare, random_feeds
 from varrt.engines.ort_engine import OrtEngine
 from varrt.engines.torch_engine import TorchEngine
 from varrt.export.artifact import ArtifactError, read_manifest
@@ -88,6 +88,24 @@ def test_per_scale_parity_torch_vs_ort(tiny_artifact, tiny_models):
     engine = OrtEngine(tiny_artifact)
     diffs = compare(TorchEngine(*tiny_models), engine, read_manifest(tiny_artifact).graphs, seed=3)
     assert diffs and max(d.rel for d in diffs) <= 1e-4
+
+
+def test_the_cpu_run_sees_only_the_live_prefix_of_the_cache(tiny_artifact, tiny_models):
+    """ORT on the CPU cuts the cache after its last live slot; the result is the full-capacity one."""
+    from varrt.engines.ort_engine import live_prefix
+
+    graph = next(g for g in read_manifest(tiny_artifact).graphs if g.name.startswith("transformer_r2_n9_"))
+    feeds = random_feeds(graph, 680, 1000, seed=0)
+    bias = torch.full_like(feeds["kv_bias"], -torch.inf)
+    bias[[1, 4, 6]] = 0.0  # live slots 1, 4 and 6 of 680
+    feeds["kv_bias"] = bias
+    cut = live_prefix(feeds)
+    assert cut["kv"].shape[4] == cut["kv_bias"].shape[0] == 7 and torch.equal(cut["kv"], feeds["kv"][:, :, :, :, :7])
+    assert live_prefix(cut) is cut  # nothing left to cut
+    ref = TorchEngine(*tiny_models).run(graph, feeds)
+    got = OrtEngine(tiny_artifact).run(graph, feeds)
+    for name in ("logits", "new_kv", "hidden"):
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])

@@ -245,7 +245,7 @@ def test_tiny_vqvae_is_used():
 def test_fastvar_parity_feeds_rank_tokens_far_apart():
     """The export's parity check must compare arithmetic, not near-tie coin flips of the ranking: on
     var-d16 (random weights), plain random tokens changed the outputs by O(1) under a 1e-6 nudge."""
-    from varrt.engines.compare import random_feeds
+    from varrt.engines.compare import random_feeds, slot_order_free
     from varrt.export.checkpoint import random_models
     from varrt.export.graphs import FastVarShape, fastvar_spec, graph_module
 
@@ -254,15 +254,15 @@ def test_fastvar_parity_feeds_rank_tokens_far_apart():
     feeds = random_feeds(spec, 680, var.cfg.num_classes, seed=0)
     module = graph_module("transformer_fastvar", var, None, (2, 14))
     names = [t.name for t in spec.inputs]
-    nudged = {
-        **feeds,
-        "x": feeds["x"] * (1 + 1e-6 * torch.randn(feeds["x"].shape, generator=torch.Generator().manual_seed(1))),
-    }
     with torch.no_grad():
         a = module(*(feeds[n] for n in names))
-        b = module(*(nudged[n] for n in names))
-    for name, p, q in zip([t.name for t in spec.outputs], a, b):
-        assert (p - q).abs().max() <= 1e-4 * p.abs().max(), name
+        for seed in range(4):
+            noise = torch.randn(feeds["x"].shape, generator=torch.Generator().manual_seed(seed))
+            b = module(*({**feeds, "x": feeds["x"] * (1 + 1e-6 * noise)}[n] for n in names))
+            for name, p, q in zip([t.name for t in spec.outputs], a, b):
+                if name == "new_kv":
+                    p, q = slot_order_free(p), slot_order_free(q)
+                assert (p - q).abs().max() <= 1e-4 * p.abs().max(), f"{name}, nudge {seed}"
 
 
 def test_a_group_split_carries_every_field_of_its_samples():
