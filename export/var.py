@@ -156,15 +156,18 @@ class AdaLNSelfAttn(nn.Module):
     ) -> tuple:
         """gamma1 * Attn(LN(x) (1 + scale1) + shift1): the attention sub-block's residual delta, new k, v
         (and the attention entropy of every token when asked)."""
-        gamma1, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
-        a, *rest = self.attn(layer_norm(x, self.eps) * (scale1 + 1) + shift1, bias, past_k, past_v, entropy)
-        return (a * gamma1, *rest)
+        a, *rest = self.attn(self.attn_input(x, ada), bias, past_k, past_v, entropy)
+        return (a * ada[:, 0].unsqueeze(1), *rest)  # gamma1
+
+    def attn_input(self, x: Tensor, ada: Tensor) -> Tensor:
+        """LN(x) (1 + scale1) + shift1: what the attention sub-block reads (and projects to k, v)."""
+        _, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
+        return layer_norm(x, self.eps) * (scale1 + 1) + shift1
 
     def keys_values(self, x: Tensor, ada: Tensor) -> tuple[Tensor, Tensor]:
         """The block's keys and values of ``x`` without its attention and FFN (a skipped block):
         later scales still attend to these tokens in this block, at 2C^2 of the block's 12C^2 per token."""
-        _, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
-        _, k, v = self.attn.qkv(layer_norm(x, self.eps) * (scale1 + 1) + shift1)
+        _, k, v = self.attn.qkv(self.attn_input(x, ada))
         return k, v
 
     def ffn_branch(self, x: Tensor, ada: Tensor) -> Tensor:
