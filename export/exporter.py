@@ -66,11 +66,10 @@ def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: t
     """Shapes to trace with: small, distinct, never 0 or 1 on a symbolic dim."""
     if component == "conditioner":
         return conditioner_spec(var.cfg, 3)
-    if component in ("transformer", "transformer_probe"):
-        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=component == "transformer_probe")
-        return transformer_spec(var.cfg, shape, precision)
-    if component == "transformer_layers":
-        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, layers=blocks)
+    if component in ("transformer", "transformer_probe", "transformer_layers"):
+        # blocks is the layer set of a transformer_layers graph and None for the other two
+        probe = component == "transformer_probe"
+        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=probe, layers=blocks)
         return transformer_spec(var.cfg, shape, precision)
     if component == "transformer_fastvar":
         return fastvar_spec(var.cfg, FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks), precision)
