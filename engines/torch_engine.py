@@ -52,7 +52,8 @@ class TorchEngine:
 
 
 class InfinityTorchEngine:
-    """The eager backend of the Infinity family (text encoder, conditioner, per-scale step, decoder)."""
+    """The eager backend of the Infinity family (text encoder, conditioner, per-scale step and its
+    probe / layer-set / FastVAR variants, decoder)."""
 
     backend = "torch"
     kv_capacity = None
@@ -62,20 +63,25 @@ class InfinityTorchEngine:
         self.config, self.vae_config = model.cfg, vae.cfg
         self.device = model.head.weight.device
         self.precision = DTYPE_NAMES[model.mat_dtype]
-        self._modules: dict[str, torch.nn.Module] = {}
+        self._modules: dict[tuple, torch.nn.Module] = {}
 
     def has_graph(self, graph: GraphSpec) -> bool:
         if graph.component == "text_encoder":
             return self.text_encoder is not None
         return graph.component in INFINITY_COMPONENTS
 
+    def module(self, graph: GraphSpec) -> torch.nn.Module:
+        """One module per (component, blocks): a layer set or a pruned range is graph structure."""
+        key = (graph.component, graph.blocks)
+        if key not in self._modules:
+            self._modules[key] = infinity_graph_module(
+                graph.component, self.model, self.vae, self.text_encoder, graph.blocks
+            )
+        return self._modules[key]
+
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         graph.check_feeds(dict(feeds))
-        if graph.component not in self._modules:
-            self._modules[graph.component] = infinity_graph_module(
-                graph.component, self.model, self.vae, self.text_encoder
-            )
-        out = self._modules[graph.component](*(feeds[t.name] for t in graph.inputs))
+        out = self.module(graph)(*(feeds[t.name] for t in graph.inputs))
         out = (out,) if isinstance(out, Tensor) else tuple(out)
         return {spec.name: t for spec, t in zip(graph.outputs, out)}

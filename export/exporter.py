@@ -76,18 +76,20 @@ def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: t
     return decoder_spec(vqvae.cfg, 3, side=vqvae.cfg.patch_nums[-1])
 
 
-def components_of(graphs: Sequence[GraphSpec]) -> dict[str, tuple[int, ...] | None]:
-    """The components a graph list needs (in a stable order), with their static block structure
-    (FastVAR's pruned range, a layer set)."""
+def components_of(graphs: Sequence[GraphSpec], order: Sequence[str] = COMPONENTS) -> dict[str, tuple[int, ...] | None]:
+    """The components a graph list needs, in the family's export ``order``, with their static
+    block structure (FastVAR's pruned range, a layer set)."""
     out: dict[str, tuple[int, ...] | None] = {}
     for g in graphs:
-        if g.component in out and out[g.component] != g.blocks:
+        if out.setdefault(g.component, g.blocks) != g.blocks:
             raise ExportError(
                 f"one artifact holds one {g.component} graph; got blocks {out[g.component]} "
                 f"and {g.blocks} (export the two policies separately)"
             )
-        out[g.component] = g.blocks
-    return {c: out[c] for c in COMPONENTS if c in out}
+    unknown = sorted(set(out) - set(order))
+    if unknown:
+        raise ExportError(f"components {unknown} are not among {list(order)}")
+    return {c: out[c] for c in order if c in out}
 
 
 def export_artifact(

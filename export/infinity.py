@@ -14,6 +14,9 @@ the AdaLN modulation. The step's other inputs follow VAR's contract (:mod:`varrt
 an explicit fixed-capacity KV cache with a liveness bias, and a dense fill of the scale's positions.
 Positions are ``(level, row, col)`` per token: the level picks ``lvl_embed`` (level 0 is the start
 token), row and col are the RoPE positions, already normalised to the template's 1M last grid.
+The step's variants mirror VAR's: ``probe`` (also every block's self-attention entropy), ``layers``
+(a layer set) and :meth:`Infinity.step_fastvar` (FastVAR's pivotal tokens before each of the
+three sub-blocks, cached deltas for the others).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from varrt.export.var import (
     gather_tokens,
     layer_norm,
     linear,
+    pivotal_tokens,
+    scatter_tokens,
 )
 
 
@@ -153,20 +158,26 @@ class CrossAttnBlock(nn.Module):
         _, _, scale1, _, shift1, _ = (a.unsqueeze(1) for a in ada.unbind(1))
         return layer_norm(x, self.eps) * (scale1 + 1) + shift1
 
-    def sa_branch(self, x: Tensor, ada: Tensor, rope, bias: Tensor, past_k: Tensor, past_v: Tensor):
-        """gamma1 * SA(...): the self-attention sub-block's residual delta and its new keys, values."""
+    def sa_branch(
+        self, x: Tensor, ada: Tensor, rope, bias: Tensor, past_k: Tensor, past_v: Tensor, entropy: bool = False
+    ) -> tuple[Tensor, ...]:
+        """gamma1 * SA(...): the self-attention sub-block's residual delta and its new keys, values
+        (and, when asked, the self-attention entropy of every token, averaged over heads: (R, n))."""
         q, k, v = self.sa.qkv(self.sa_input(x, ada), rope)
-        out, _ = attention(q, torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2), bias)
+        out, ent = attention(q, torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2), bias, entropy)
         b, _, n, _ = out.shape
         out = linear(self.sa.proj, out.transpose(1, 2).reshape(b, n, self.width)).float()
-        return out * ada[:, 0].unsqueeze(1), k, v
+        d = out * ada[:, 0].unsqueeze(1)
+        return (d, k, v, ent) if entropy else (d, k, v)
 
     def ca_branch(self, x: Tensor, ca_kv: Tensor, tbias: Tensor) -> Tensor:
+        """CA(LN_affine(x), text): the cross-attention sub-block's residual delta (no gamma)."""
         n = self.ca_norm
         y = F.layer_norm(x.float(), (self.width,), n.weight.float(), n.bias.float(), self.eps)
         return self.ca(y, ca_kv, tbias)
 
     def ffn_branch(self, x: Tensor, ada: Tensor) -> Tensor:
+        """gamma2 * FFN(LN(x) (1 + scale2) + shift2): the feed-forward sub-block's residual delta."""
         _, gamma2, _, scale2, _, shift2 = (a.unsqueeze(1) for a in ada.unbind(1))
         return self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
 
@@ -175,11 +186,12 @@ class CrossAttnBlock(nn.Module):
         _, k, v = self.sa.qkv(self.sa_input(x, ada), rope)
         return k, v
 
-    def forward(self, x, ada, rope, bias, past_k, past_v, ca_kv, tbias):
-        d, k, v = self.sa_branch(x, ada, rope, bias, past_k, past_v)
+    def forward(self, x, ada, rope, bias, past_k, past_v, ca_kv, tbias, entropy: bool = False) -> tuple[Tensor, ...]:
+        """x -> (x after the block, new k, new v[, self-attention entropy (R, n)])."""
+        d, *rest = self.sa_branch(x, ada, rope, bias, past_k, past_v, entropy)
         x = x + d
         x = x + self.ca_branch(x, ca_kv, tbias)
-        return x + self.ffn_branch(x, ada), k, v
+        return (x + self.ffn_branch(x, ada), *rest)
 
 
 class BlockChunk(nn.Module):
@@ -271,26 +283,89 @@ class Infinity(nn.Module):
         fill_mask: Tensor | None = None,
         restore: Tensor | None = None,
         layers: tuple[int, ...] | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        probe: bool = False,
+    ) -> tuple[Tensor, ...]:
         """One scale: x (R, n, d_vae), pos (R, n, 3), kv (R, depth, 2, H, T, d), kv_bias (T,),
-        tbias (R, Lt). Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, d), hidden (R, m, C);
-        ``fill_idx``/``fill_mask``/``restore`` (R, m[, C]) as in VAR's step; ``layers``: the blocks
-        that run (the others add keys and values only)."""
+        tbias (R, Lt). Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, d), hidden (R, m, C),
+        and with ``probe`` the self-attention entropy of the computed tokens in every block
+        (R, depth, n), ToProVAR's per-block signal; ``fill_idx``/``fill_mask``/``restore``
+        (R, m[, C]) as in VAR's step; ``layers``: the blocks that run (the others add keys and
+        values only)."""
         h = self.embed(x, pos, cond.sos)
         rope = self.rope(pos)
         n = h.shape[1]
         bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-        new_kv = []
+        new_kv, entropy = [], []
         for i, blk in enumerate(self.blocks):
             ada = cond.ada[:, i]
             if layers is not None and i not in layers:
                 new_kv.append(torch.stack(blk.keys_values(h, ada, rope), dim=1))
                 continue
-            h, k, v = blk(h, ada, rope, bias, kv[:, i, 0], kv[:, i, 1], cond.ca_kv[:, i], tbias)
+            h, k, v, *ent = blk(h, ada, rope, bias, kv[:, i, 0], kv[:, i, 1], cond.ca_kv[:, i], tbias, probe)
             new_kv.append(torch.stack((k, v), dim=1))
+            entropy += ent
         if fill_idx is not None:
             h = torch.where(fill_mask.unsqueeze(-1) > 0, gather_tokens(h, fill_idx), restore)
-        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h
+        out = (self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h)
+        return (*out, torch.stack(entropy, dim=1)) if probe else out
+
+    def step_fastvar(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        cond: TextConditioning,
+        tbias: Tensor,
+        kv: Tensor,
+        kv_bias: Tensor,
+        keep_rank: Tensor,
+        deltas: Tensor,
+        pruned: range,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """FastVAR on Infinity: in the blocks ``pruned``, each of the three sub-blocks runs on its
+        k pivotal tokens only.
+
+        Before the self-attention, the cross-attention and the FFN of a pruned block, the k tokens
+        of the current residual stream farthest from its mean token are selected (``keep_rank`` =
+        arange(k)); the sub-block computes their residual delta (self-attention with RoPE at their
+        own positions), and every other position takes its delta from ``deltas`` (R, depth, 3, n, C):
+        the reference scale's SA / CA / FFN deltas, up-sampled (cached token restoration). Pruned
+        tokens add no KV: a pruned block returns its k tokens' keys/values in slots 0..k-1 of its n
+        (zeros after), so ``kv_bias`` is per block (depth, T). Returns logits (R, n, V), new_kv
+        (R, depth, 2, H, n, d) and this scale's deltas (R, depth, 3, n, C) of every block, the cache
+        a reference scale (run with k = n) hands to later ones.
+        """
+        h = self.embed(x, pos, cond.sos)
+        rope = self.rope(pos)
+        n, k = h.shape[1], keep_rank.shape[0]
+        new_kv, new_deltas = [], []
+        for i, blk in enumerate(self.blocks):
+            ada, ca_kv, past_k, past_v = cond.ada[:, i], cond.ca_kv[:, i], kv[:, i, 0], kv[:, i, 1]
+            if i in pruned:
+                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(k, dtype=torch.float32)))
+                idx = pivotal_tokens(h, keep_rank)
+                d_sa, kk, vv = blk.sa_branch(
+                    gather_tokens(h, idx), ada, self.rope(gather_tokens(pos, idx)), bias, past_k, past_v
+                )
+                d_sa = scatter_tokens(deltas[:, i, 0], idx, d_sa)
+                kk = torch.zeros_like(past_k[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, kk)
+                vv = torch.zeros_like(past_v[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, vv)
+                h = h + d_sa
+                idx = pivotal_tokens(h, keep_rank)
+                d_ca = scatter_tokens(deltas[:, i, 1], idx, blk.ca_branch(gather_tokens(h, idx), ca_kv, tbias))
+                h = h + d_ca
+                idx = pivotal_tokens(h, keep_rank)
+                d_ffn = scatter_tokens(deltas[:, i, 2], idx, blk.ffn_branch(gather_tokens(h, idx), ada))
+            else:
+                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(n, dtype=torch.float32)))
+                d_sa, kk, vv = blk.sa_branch(h, ada, rope, bias, past_k, past_v)
+                h = h + d_sa
+                d_ca = blk.ca_branch(h, ca_kv, tbias)
+                h = h + d_ca
+                d_ffn = blk.ffn_branch(h, ada)
+            h = h + d_ffn
+            new_kv.append(torch.stack((kk, vv), dim=1))
+            new_deltas.append(torch.stack((d_sa, d_ca, d_ffn), dim=1))
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), torch.stack(new_deltas, dim=1)
 
     def empty_kv(self, rows: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg

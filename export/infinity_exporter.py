@@ -1,4 +1,4 @@
-"""Write an Infinity export artifact: the four components' graphs, their static shapes, one weights file.
+"""Write an Infinity export artifact: the components' graphs, their static shapes, one weights file.
 
 Same layout, manifest and checks as a VAR artifact (:mod:`varrt.export.exporter`): each component
 is traced once with symbolic dims, every static shape a plan needs is the same graph with fixed
@@ -17,15 +17,25 @@ import torch
 
 from varrt.export.artifact import WEIGHTS, Manifest, environment
 from varrt.export.bsq_vae import BSQVAE
-from varrt.export.exporter import ExportConfig, Progress, file_entries, publish, staging_dir, write_graphs
+from varrt.export.exporter import (
+    ExportConfig,
+    Progress,
+    components_of,
+    file_entries,
+    publish,
+    staging_dir,
+    write_graphs,
+)
 from varrt.export.graphs import DTYPES, GraphSpec
 from varrt.export.infinity import Infinity
 from varrt.export.infinity_config import InfinitySchedule
 from varrt.export.infinity_graphs import (
     INFINITY_COMPONENTS,
+    InfinityFastVarShape,
     TextStepShape,
     infinity_conditioner_spec,
     infinity_decoder_spec,
+    infinity_fastvar_spec,
     infinity_graph_module,
     infinity_transformer_spec,
     text_encoder_spec,
@@ -33,16 +43,23 @@ from varrt.export.infinity_graphs import (
 from varrt.export.onnx_export import export_component
 
 
-def trace_spec(component: str, model: Infinity, vae: BSQVAE, precision: str) -> GraphSpec:
-    """Shapes to trace with: small, pairwise distinct, never 0 or 1 on a symbolic dim."""
+def trace_spec(
+    component: str, model: Infinity, vae: BSQVAE, precision: str, blocks: tuple[int, ...] | None = None
+) -> GraphSpec:
+    """Shapes to trace with: small, pairwise distinct, never 0 or 1 on a symbolic dim. ``blocks``:
+    the layer set of a layer-set graph, the pruned range of a FastVAR graph."""
     cfg = model.cfg
     lt = min(13, cfg.text_maxlen)
     if component == "text_encoder":
         return text_encoder_spec(cfg.text_channels, 3, lt)
     if component == "infinity_conditioner":
         return infinity_conditioner_spec(cfg, 3, lt, precision)
-    if component == "infinity_transformer":
-        return infinity_transformer_spec(cfg, TextStepShape(3, 5, 7, 11, lt), precision)
+    if component in ("infinity_transformer", "infinity_transformer_probe", "infinity_transformer_layers"):
+        probe = component == "infinity_transformer_probe"
+        shape = TextStepShape(3, 5, 7, 11, lt, probe=probe, layers=blocks)
+        return infinity_transformer_spec(cfg, shape, precision)
+    if component == "infinity_transformer_fastvar":
+        return infinity_fastvar_spec(cfg, InfinityFastVarShape(3, 7, 5, 11, lt, blocks), precision)
     return infinity_decoder_spec(vae.cfg, 2, (4, 6))
 
 
@@ -77,18 +94,20 @@ def export_infinity_artifact(
                 chunk.to(dtype)
         raw = work / "raw"
         raw.mkdir()
-        wanted = {g.component for g in graphs}
+        wanted = components_of(graphs, INFINITY_COMPONENTS)
         exported, logs = {}, []
         with torch.no_grad():
-            for comp in (c for c in INFINITY_COMPONENTS if c in wanted):
+            for comp, blocks in wanted.items():
                 say(f"export {comp}")
-                module = infinity_graph_module(comp, model_x, vae, text_encoder)
-                spec = trace_spec(comp, model, vae, config.precision)
+                module = infinity_graph_module(comp, model_x, vae, text_encoder, blocks)
+                spec = trace_spec(comp, model, vae, config.precision, blocks)
                 path = raw / f"{comp}.onnx"
                 dim_max = {"text": model.cfg.text_maxlen}
                 logs.append(f"== {comp}\n" + export_component(module, spec, path, config.opset, dim_max))
                 exported[comp] = path
         components, static = write_graphs(exported, graphs, work, logs, say)
+        if "infinity_transformer_fastvar" in components:
+            components["infinity_transformer_fastvar"]["blocks"] = list(wanted["infinity_transformer_fastvar"])
         manifest = Manifest(
             var=None,
             vqvae=None,

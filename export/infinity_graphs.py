@@ -8,6 +8,11 @@ One text-to-image generation calls four components:
                                                                                          once per scale
 * ``infinity_decoder``       codes (B, d, H, W) -> image (B, 3, 16 H, 16 W) in [0, 1]
 
+Policies add variants of the per-scale step, as on VAR: ``infinity_transformer_probe`` (also the
+self-attention entropy of every block: ToProVAR's probe scale), ``infinity_transformer_layers``
+(only a layer set runs) and ``infinity_transformer_fastvar`` (FastVAR's pivotal-token pruning in a
+baked-in block range, with cached deltas for the pruned positions).
+
 A transformer shape is (rows, tokens, outputs, capacity, text): like VAR's, plus the text length
 Lt (a bucket, see :func:`varrt.export.text_encoder.text_bucket`). The scale enters only through
 ``pos`` (level, row, col per token) and ``kv_bias``, so scales with the same shape share a graph.
@@ -24,7 +29,16 @@ from varrt.export.graphs import GraphSpec, TensorSpec
 from varrt.export.infinity import Infinity, TextConditioning
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig
 
-INFINITY_COMPONENTS = ("text_encoder", "infinity_conditioner", "infinity_transformer", "infinity_decoder")
+#: every graph component of the family, in export order (infinity_graph_module builds each)
+INFINITY_COMPONENTS = (
+    "text_encoder",
+    "infinity_conditioner",
+    "infinity_transformer",
+    "infinity_transformer_probe",
+    "infinity_transformer_layers",
+    "infinity_transformer_fastvar",
+    "infinity_decoder",
+)
 
 
 @dataclass(frozen=True)
@@ -37,11 +51,44 @@ class TextStepShape:
     outputs: int
     capacity: int
     text: int
-    component = "infinity_transformer"
+    probe: bool = False  # also return the self-attention entropy per block: another graph
+    layers: tuple[int, ...] | None = None  # the blocks that run (a layer set); None = all: another graph
+
+    def __post_init__(self) -> None:
+        if self.probe and self.layers is not None:
+            raise ValueError("a probe graph runs every block (its entropy is per block)")
+
+    @property
+    def component(self) -> str:
+        if self.layers is not None:
+            return "infinity_transformer_layers"
+        return "infinity_transformer_probe" if self.probe else "infinity_transformer"
 
     @property
     def name(self) -> str:
-        return f"infinity_transformer_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}_l{self.text}"
+        return f"{self.component}_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}_l{self.text}"
+
+
+@dataclass(frozen=True)
+class InfinityFastVarShape:
+    """One FastVAR call on Infinity: ``tokens`` of the scale, ``keep`` per pruned sub-block, the
+    pruned ``blocks`` [first, last) (part of the graph's structure), ``text`` tokens."""
+
+    rows: int
+    tokens: int
+    keep: int
+    capacity: int
+    text: int
+    blocks: tuple[int, int]
+    component = "infinity_transformer_fastvar"
+
+    @property
+    def name(self) -> str:
+        a, b = self.blocks
+        return (
+            f"infinity_transformer_fastvar_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}"
+            f"_t{self.capacity}_l{self.text}"
+        )
 
 
 def text_encoder_spec(text_channels: int, rows: int, length: int) -> GraphSpec:
@@ -76,17 +123,27 @@ def infinity_conditioner_spec(cfg: InfinityConfig, rows: int, length: int, dtype
     )
 
 
+def _tokens_and_conditioning(cfg: InfinityConfig, r: int, n: int, lt: int, dtype: str) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec("x", (r, n, cfg.d_vae), "float32"),
+        TensorSpec("pos", (r, n, 3), "int64"),
+        *_conditioning(cfg, r, lt, dtype),
+        TensorSpec("text_bias", (r, lt), "float32"),
+    )
+
+
+def _kv(cfg: InfinityConfig, r: int, t: int, dtype: str, name: str = "kv") -> TensorSpec:
+    return TensorSpec(name, (r, cfg.depth, 2, cfg.heads, t, cfg.head_dim), dtype)
+
+
 def infinity_transformer_spec(cfg: InfinityConfig, shape: TextStepShape, dtype: str = "float32") -> GraphSpec:
     r, n, m, t, lt = shape.rows, shape.tokens, shape.outputs, shape.capacity, shape.text
     return GraphSpec(
         shape.name,
         shape.component,
         (
-            TensorSpec("x", (r, n, cfg.d_vae), "float32"),
-            TensorSpec("pos", (r, n, 3), "int64"),
-            *_conditioning(cfg, r, lt, dtype),
-            TensorSpec("text_bias", (r, lt), "float32"),
-            TensorSpec("kv", (r, cfg.depth, 2, cfg.heads, t, cfg.head_dim), dtype),
+            *_tokens_and_conditioning(cfg, r, n, lt, dtype),
+            _kv(cfg, r, t, dtype),
             TensorSpec("kv_bias", (t,), "float32"),
             TensorSpec("fill_idx", (r, m), "int64"),
             TensorSpec("fill_mask", (r, m), "float32"),
@@ -94,10 +151,45 @@ def infinity_transformer_spec(cfg: InfinityConfig, shape: TextStepShape, dtype: 
         ),
         (
             TensorSpec("logits", (r, m, cfg.vocab), "float32"),
-            TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
+            _kv(cfg, r, n, dtype, "new_kv"),
             TensorSpec("hidden", (r, m, cfg.width), "float32"),
+            *((TensorSpec("entropy", (r, cfg.depth, n), "float32"),) if shape.probe else ()),
         ),
+        blocks=shape.layers,
     )
+
+
+def infinity_fastvar_spec(cfg: InfinityConfig, shape: InfinityFastVarShape, dtype: str = "float32") -> GraphSpec:
+    """FastVAR's step: ``kv_bias`` is per block (a pruned block caches only its k tokens) and
+    ``deltas`` holds the SA / CA / FFN residual deltas of every block (R, depth, 3, n, C)."""
+    r, n, k, t, lt = shape.rows, shape.tokens, shape.keep, shape.capacity, shape.text
+    deltas = (r, cfg.depth, 3, n, cfg.width)
+    return GraphSpec(
+        shape.name,
+        shape.component,
+        (
+            *_tokens_and_conditioning(cfg, r, n, lt, dtype),
+            _kv(cfg, r, t, dtype),
+            TensorSpec("kv_bias", (cfg.depth, t), "float32"),
+            TensorSpec("keep_rank", (k,), "int64"),
+            TensorSpec("deltas", deltas, "float32"),
+        ),
+        (
+            TensorSpec("logits", (r, n, cfg.vocab), "float32"),
+            _kv(cfg, r, n, dtype, "new_kv"),
+            TensorSpec("new_deltas", deltas, "float32"),
+        ),
+        blocks=shape.blocks,
+    )
+
+
+def infinity_step_spec(
+    cfg: InfinityConfig, shape: TextStepShape | InfinityFastVarShape, dtype: str = "float32"
+) -> GraphSpec:
+    """The step graph of any Infinity step shape (plain, probe, layer set, FastVAR)."""
+    if isinstance(shape, InfinityFastVarShape):
+        return infinity_fastvar_spec(cfg, shape, dtype)
+    return infinity_transformer_spec(cfg, shape, dtype)
 
 
 def infinity_decoder_spec(vcfg: BSQVAEConfig, batch: int, grid: tuple[int, int]) -> GraphSpec:
@@ -122,13 +214,30 @@ class InfinityConditionerGraph(nn.Module):
 
 
 class InfinityTransformerGraph(nn.Module):
-    def __init__(self, model: Infinity) -> None:
+    """The per-scale step; the probe variant also returns the self-attention entropy of every
+    block, the layer-set variant runs only ``layers`` (the others add keys and values only)."""
+
+    def __init__(self, model: Infinity, probe: bool = False, layers: tuple[int, ...] | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.probe, self.layers = model, probe, layers
 
     def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, fill_idx, fill_mask, restore):
         cond = TextConditioning(sos, ada, head_ada, ca_kv)
-        return self.model.step(x, pos, cond, text_bias, kv, kv_bias, fill_idx, fill_mask, restore)
+        return self.model.step(
+            x, pos, cond, text_bias, kv, kv_bias, fill_idx, fill_mask, restore, self.layers, self.probe
+        )
+
+
+class InfinityFastVarGraph(nn.Module):
+    """FastVAR's step with the pruned blocks baked in (they are part of the graph's structure)."""
+
+    def __init__(self, model: Infinity, pruned: range) -> None:
+        super().__init__()
+        self.model, self.pruned = model, pruned
+
+    def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, keep_rank, deltas):
+        cond = TextConditioning(sos, ada, head_ada, ca_kv)
+        return self.model.step_fastvar(x, pos, cond, text_bias, kv, kv_bias, keep_rank, deltas, self.pruned)
 
 
 class InfinityDecoderGraph(nn.Module):
@@ -140,9 +249,12 @@ class InfinityDecoderGraph(nn.Module):
         return self.vae.decode(codes)
 
 
-def infinity_graph_module(component: str, model: Infinity, vae: BSQVAE, text_encoder=None) -> nn.Module:
+def infinity_graph_module(
+    component: str, model: Infinity, vae: BSQVAE, text_encoder=None, blocks: tuple[int, ...] | None = None
+) -> nn.Module:
     """The module whose forward is ``component``'s graph (``text_encoder``: a
-    :class:`~varrt.export.text_encoder.TextEncoder`)."""
+    :class:`~varrt.export.text_encoder.TextEncoder`; ``blocks``: the layer set of a layer-set
+    graph, the pruned range (first, last) of a FastVAR graph)."""
     if component == "text_encoder":
         if text_encoder is None:
             raise ValueError("the text_encoder graph needs a text encoder (--text-encoder DIR)")
@@ -151,8 +263,16 @@ def infinity_graph_module(component: str, model: Infinity, vae: BSQVAE, text_enc
         return TextEncoderGraph(text_encoder.model)
     if component == "infinity_conditioner":
         return InfinityConditionerGraph(model)
-    if component == "infinity_transformer":
-        return InfinityTransformerGraph(model)
+    if component in ("infinity_transformer", "infinity_transformer_probe"):
+        return InfinityTransformerGraph(model, probe=component == "infinity_transformer_probe")
+    if component == "infinity_transformer_layers":
+        if blocks is None:
+            raise ValueError("a layer-set graph needs its layer set")
+        return InfinityTransformerGraph(model, layers=tuple(blocks))
+    if component == "infinity_transformer_fastvar":
+        if blocks is None:
+            raise ValueError("a FastVAR graph needs its pruned block range")
+        return InfinityFastVarGraph(model, range(*blocks))
     if component == "infinity_decoder":
         return InfinityDecoderGraph(vae)
     raise ValueError(f"unknown Infinity component {component!r}")

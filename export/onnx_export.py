@@ -35,6 +35,13 @@ _STEP = {
     "fill_mask": {0: "rows", 1: "outputs"},
     "restore": {0: "rows", 1: "outputs"},
 }
+_INFINITY_TOKENS = {
+    "x": {0: "rows", 1: "tokens"},
+    "pos": {0: "rows", 1: "tokens"},
+    "ca_kv": {0: "rows", 4: "text"},
+    "text_bias": {0: "rows", 1: "text"},
+}
+_INFINITY_STEP = {**_STEP, **_INFINITY_TOKENS}
 COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
     # the probe and layer-set graphs take the plain step's inputs
@@ -56,12 +63,16 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
         "text_mask": {0: "rows", 1: "text"},
         "uncond": {0: "rows"},
     },
-    "infinity_transformer": {
-        **_STEP,
-        "x": {0: "rows", 1: "tokens"},
-        "pos": {0: "rows", 1: "tokens"},
-        "ca_kv": {0: "rows", 4: "text"},
-        "text_bias": {0: "rows", 1: "text"},
+    # the probe and layer-set graphs take the plain step's inputs
+    "infinity_transformer": _INFINITY_STEP,
+    "infinity_transformer_probe": _INFINITY_STEP,
+    "infinity_transformer_layers": _INFINITY_STEP,
+    "infinity_transformer_fastvar": {
+        **_INFINITY_TOKENS,
+        **_CONDITIONED,
+        "kv_bias": {1: "capacity"},
+        "keep_rank": {0: "keep"},
+        "deltas": {0: "rows", 3: "tokens"},
     },
     "infinity_decoder": {"codes": {0: "batch", 2: "height", 3: "width"}},
 }

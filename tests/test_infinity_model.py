@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from test_state_dict_listings import listing_of, read_listing
 
 from helpers import TINY_SCHEDULE, tiny_bsq_vae, tiny_infinity
+from varrt.engines.compare import slot_order_free
 from varrt.export.bsq_vae import BSQVAE
 from varrt.export.checkpoint import CheckpointError
-from varrt.export.infinity import Infinity, TextConditioning, scale_positions
+from varrt.export.graphs import GraphSpec, TensorSpec
+from varrt.export.infinity import Infinity, TextConditioning, scale_positions, text_bias
 from varrt.export.infinity_checkpoint import load_bsq_vae, load_infinity, official_cfg_uncond
 from varrt.export.infinity_config import BSQ_VAE_CONFIGS, INFINITY_CONFIGS, InfinitySchedule
+from varrt.export.infinity_graphs import InfinityFastVarShape, TextStepShape, infinity_step_spec
+from varrt.export.var import gather_tokens, pivotal_tokens
 
 
 @pytest.mark.parametrize(
@@ -181,3 +187,232 @@ def test_vae_loading_both_namings(tmp_path):
         load_bsq_vae(path)
     img = vae.decode(z)
     assert img.shape == (1, 3, 32, 32) and img.min() >= 0 and img.max() <= 1
+
+
+# ------------------------------------------------------------------ step variants: probe, layers, FastVAR
+def _scale_inputs(model, si=4, b=2, spread=True):
+    """Conditioning, text bias and a cache holding scales 0..si-1 (run densely), then scale si's
+    random inputs: what a graph of scale si is fed. ``spread`` scales the tokens by 1..n, so that
+    FastVAR's ranks are far from ties; without it, the pivotal tokens change from sub-block to
+    sub-block (a test can tell whether each one picks its own)."""
+    sched = TINY_SCHEDULE
+    text, mask = _text(model, b)
+    cond = model.condition(text, mask, torch.zeros(b))
+    tbias = text_bias(mask)
+    g = torch.Generator().manual_seed(5)
+    kv, kv_bias = model.empty_kv(b, sched.total_tokens)
+    for s in range(si):
+        a, e = sched.begin_ends[s]
+        pos = scale_positions(sched, s).expand(b, -1, -1)
+        x = torch.randn(b, e - a, model.cfg.d_vae, generator=g)
+        _, new_kv, _ = model.step(x, pos, cond, tbias, kv, kv_bias)
+        kv[:, :, :, :, a:e] = new_kv
+        kv_bias[a:e] = 0
+    n = sched.tokens(si)
+    x = torch.randn(b, n, model.cfg.d_vae, generator=g)
+    if spread:
+        x = x * (1 + torch.randperm(n, generator=g)).view(1, n, 1)
+    return x, scale_positions(sched, si).expand(b, -1, -1), cond, tbias, kv, kv_bias
+
+
+def test_shapes_names_and_specs():
+    cfg = tiny_infinity().cfg
+    plain = TextStepShape(4, 64, 64, 521, 16)
+    assert plain.component == "infinity_transformer" and plain.name == "infinity_transformer_r4_n64_m64_t521_l16"
+    probe = TextStepShape(4, 64, 64, 521, 16, probe=True)
+    assert probe.name == "infinity_transformer_probe_r4_n64_m64_t521_l16"
+    spec = infinity_step_spec(cfg, probe)
+    assert spec.outputs[-1] == TensorSpec("entropy", (4, 4, 64), "float32") and spec.blocks is None
+    layers = infinity_step_spec(cfg, TextStepShape(4, 64, 64, 521, 16, layers=(0, 2)))
+    assert layers.component == "infinity_transformer_layers" and layers.blocks == (0, 2)
+    assert [t.name for t in layers.outputs] == ["logits", "new_kv", "hidden"]
+    with pytest.raises(ValueError, match="probe graph runs every block"):
+        TextStepShape(4, 64, 64, 521, 16, probe=True, layers=(0,))
+    fast = InfinityFastVarShape(4, 64, 32, 521, 16, (1, 3))
+    assert fast.name == "infinity_transformer_fastvar_b1-3_r4_n64_k32_t521_l16"
+    spec = infinity_step_spec(cfg, fast)
+    assert spec.component == "infinity_transformer_fastvar" and spec.blocks == (1, 3)
+    assert spec.input("kv_bias").shape == (4, 521) and spec.input("keep_rank").shape == (32,)
+    assert spec.input("deltas").shape == (4, 4, 3, 64, 64) == spec.outputs[2].shape
+    assert GraphSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_probe_step_returns_the_self_attention_entropy():
+    model = tiny_infinity()
+    x, pos, cond, tbias, kv, kv_bias = _scale_inputs(model)
+    logits, new_kv, hidden = model.step(x, pos, cond, tbias, kv, kv_bias)
+    p_logits, p_kv, p_hidden, ent = model.step(x, pos, cond, tbias, kv, kv_bias, probe=True)
+    assert torch.equal(logits, p_logits) and torch.equal(new_kv, p_kv) and torch.equal(hidden, p_hidden)
+    b, n = x.shape[:2]
+    live = int((kv_bias == 0).sum())
+    assert ent.shape == (b, model.cfg.depth, n)
+    assert ent.min() >= 0 and ent.max() <= math.log(live + n) + 1e-5
+    # by hand: softmax of the cosine logits over [live cache; scale], entropy averaged over heads
+    h, rope = model.embed(x, pos, cond.sos), model.rope(pos)
+    bias = torch.cat((kv_bias, torch.zeros(n)))
+    for i, blk in enumerate(model.blocks):
+        ada = cond.ada[:, i]
+        q, k, _ = blk.sa.qkv(blk.sa_input(h, ada), rope)
+        probs = (q @ torch.cat((kv[:, i, 0], k), 2).transpose(-1, -2) + bias).softmax(-1)
+        torch.testing.assert_close(ent[:, i], torch.special.entr(probs).sum(-1).mean(1), atol=1e-5, rtol=1e-5)
+        h, *_ = blk(h, ada, rope, bias, kv[:, i, 0], kv[:, i, 1], cond.ca_kv[:, i], tbias)
+    assert (ent[:, :, 1:] - ent[:, :, :1]).abs().max() > 1e-3  # tokens differ: not a constant
+
+
+def test_layer_set_step_adds_keys_and_values_of_skipped_blocks():
+    model = tiny_infinity()
+    x, pos, cond, tbias, kv, kv_bias = _scale_inputs(model)
+    logits, new_kv, _ = model.step(x, pos, cond, tbias, kv, kv_bias, layers=(0, 2))
+    full, full_kv, _ = model.step(x, pos, cond, tbias, kv, kv_bias)
+    assert torch.equal(new_kv[:, 0], full_kv[:, 0]) and not torch.allclose(logits, full)
+    # block 1 is skipped: its keys/values are those of block 0's output, block 3's of block 2's
+    h, rope = model.embed(x, pos, cond.sos), model.rope(pos)
+    bias = torch.cat((kv_bias, torch.zeros(x.shape[1])))
+    blk0, blk1 = model.blocks[:2]
+    h, *_ = blk0(h, cond.ada[:, 0], rope, bias, kv[:, 0, 0], kv[:, 0, 1], cond.ca_kv[:, 0], tbias)
+    k1, v1 = blk1.keys_values(h, cond.ada[:, 1], rope)
+    torch.testing.assert_close(new_kv[:, 1], torch.stack((k1, v1), 1))
+
+
+def test_fastvar_keeping_every_token_is_the_dense_step():
+    model = tiny_infinity()
+    x, pos, cond, tbias, kv, kv_bias = _scale_inputs(model)
+    b, n = x.shape[:2]
+    depth, c = model.cfg.depth, model.cfg.width
+    logits, new_kv, _ = model.step(x, pos, cond, tbias, kv, kv_bias)
+    bias = kv_bias.expand(depth, -1)
+    every, deltas = torch.arange(n), torch.zeros(b, depth, 3, n, c)
+    # no block pruned: the dense step, slot for slot
+    f_logits, f_kv, f_deltas = model.step_fastvar(x, pos, cond, tbias, kv, bias, every, deltas, range(0))
+    torch.testing.assert_close(f_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f_kv, new_kv, atol=1e-5, rtol=1e-5)
+    # every block pruned with k = n: the same logits; keys/values in pivotal order (compare sorted)
+    p_logits, p_kv, p_deltas = model.step_fastvar(x, pos, cond, tbias, kv, bias, every, deltas, range(depth))
+    torch.testing.assert_close(p_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p_kv.sort(dim=4).values, new_kv.sort(dim=4).values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(p_deltas, f_deltas, atol=1e-5, rtol=1e-5)
+    # the deltas are each sub-block's residual delta, in position order: block 0 by hand ...
+    h, rope = model.embed(x, pos, cond.sos), model.rope(pos)
+    blk, ada = model.blocks[0], cond.ada[:, 0]
+    d_sa, _, _ = blk.sa_branch(h, ada, rope, torch.cat((kv_bias, torch.zeros(n))), kv[:, 0, 0], kv[:, 0, 1])
+    d_ca = blk.ca_branch(h + d_sa, cond.ca_kv[:, 0], tbias)
+    d_ffn = blk.ffn_branch(h + d_sa + d_ca, ada)
+    torch.testing.assert_close(p_deltas[:, 0], torch.stack((d_sa, d_ca, d_ffn), 1), atol=1e-5, rtol=1e-5)
+    # ... and all of them together carry the embedding to the head's input
+    torch.testing.assert_close(model.logits(h + p_deltas.sum((1, 2)), cond.head_ada), logits, atol=1e-5, rtol=1e-5)
+
+
+def test_fastvar_prunes_each_sub_block_to_its_pivotal_tokens():
+    model = tiny_infinity()
+    x, pos, cond, tbias, kv, kv_bias = _scale_inputs(model, spread=False)
+    b, n = x.shape[:2]
+    depth, c, keep = model.cfg.depth, model.cfg.width, 16
+    bias = kv_bias.expand(depth, -1).clone()
+    bias[1, 5:21] = -torch.inf  # block 1 sees fewer slots than the others: kv_bias is per block
+    rank = torch.arange(keep)
+    deltas = torch.randn(b, depth, 3, n, c, generator=torch.Generator().manual_seed(9)) * 0.1
+    logits, new_kv, new_deltas = model.step_fastvar(x, pos, cond, tbias, kv, bias, rank, deltas, range(1, 3))
+    assert logits.shape == (b, n, model.cfg.vocab) and torch.isfinite(logits).all()
+    assert (new_kv[:, 1:3, :, :, keep:] == 0).all() and (new_kv[:, 1:3, :, :, :keep] != 0).any()
+    # pruned sub-blocks: n - k positions of every row take the cached delta
+    same = (new_deltas[:, 1:3] == deltas[:, 1:3]).all(-1).sum(-1)
+    assert (same == n - keep).all(), same
+    assert torch.equal(new_deltas[:, 3] == deltas[:, 3], torch.zeros_like(deltas[:, 3], dtype=torch.bool))
+    # block 0 runs dense; block 1's self-attention by hand: pivotal tokens of block 0's output,
+    # RoPE at their own positions, block 1's own cache bias
+    dense_logits, dense_kv, _ = model.step(x, pos, cond, tbias, kv, kv_bias)
+    torch.testing.assert_close(new_kv[:, 0], dense_kv[:, 0])
+    h = model.embed(x, pos, cond.sos) + new_deltas[:, 0, 0] + new_deltas[:, 0, 1] + new_deltas[:, 0, 2]  # in order
+    idx = pivotal_tokens(h, rank)
+    blk = model.blocks[1]
+    d, k1, v1 = blk.sa_branch(
+        gather_tokens(h, idx),
+        cond.ada[:, 1],
+        model.rope(gather_tokens(pos, idx)),
+        torch.cat((bias[1], torch.zeros(keep))),
+        kv[:, 1, 0],
+        kv[:, 1, 1],
+    )
+    torch.testing.assert_close(gather_tokens(new_deltas[:, 1, 0], idx), d, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_kv[:, 1, :, :, :keep], torch.stack((k1, v1), 1), atol=1e-5, rtol=1e-5)
+    # the cross-attention and the FFN pick their own pivotal tokens, from the stream they read
+    h = h + new_deltas[:, 1, 0]
+    idx = pivotal_tokens(h, rank)
+    d = blk.ca_branch(gather_tokens(h, idx), cond.ca_kv[:, 1], tbias)
+    torch.testing.assert_close(gather_tokens(new_deltas[:, 1, 1], idx), d, atol=1e-5, rtol=1e-5)
+    h = h + new_deltas[:, 1, 1]
+    idx = pivotal_tokens(h, rank)
+    d = blk.ffn_branch(gather_tokens(h, idx), cond.ada[:, 1])
+    torch.testing.assert_close(gather_tokens(new_deltas[:, 1, 2], idx), d, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits, dense_logits, atol=1e-3)
+
+
+# ------------------------------------------------------------------ the new graphs through ONNX Runtime
+def _random_feeds(graph: GraphSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Valid inputs for any Infinity step graph: positions of the schedule, some live slots, a
+    padded prompt, tokens with spread norms (FastVAR's ranks are then far from ties)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {t.name: t.shape for t in graph.inputs}
+    feeds = {}
+    for t in graph.inputs:
+        if t.name == "pos":
+            r, n, _ = t.shape
+            feeds[t.name] = torch.cat(
+                (torch.full((r, n, 1), 5), torch.randint(0, 16, (r, n, 2), generator=g)), -1
+            ).long()
+        elif t.name == "fill_idx":
+            feeds[t.name] = torch.randint(0, shapes["x"][1], t.shape, generator=g)
+        elif t.name == "fill_mask":
+            feeds[t.name] = (torch.rand(t.shape, generator=g) < 0.7).float()
+        elif t.name == "keep_rank":
+            feeds[t.name] = torch.arange(t.shape[0])
+        elif t.name in ("kv_bias", "text_bias"):
+            live = torch.rand(t.shape, generator=g) < 0.6
+            live[..., 0] = True
+            feeds[t.name] = torch.where(live, 0.0, -torch.inf)
+        else:
+            scale = 0.1 if t.name in ("ada", "head_ada", "deltas") else 1.0
+            feeds[t.name] = (torch.randn(t.shape, generator=g) * scale).to(t.torch_dtype)
+    n = shapes["x"][1]
+    feeds["x"] = feeds["x"] * (1 + torch.randperm(n, generator=g)).view(1, n, 1)
+    return feeds
+
+
+def test_new_step_graphs_through_onnx_runtime(tmp_path):
+    """Probe, layer-set and FastVAR graphs exported and run by ONNX Runtime match eager torch. Two
+    blocks (the export's cost is per block): block 1 alone runs in the layer set, and is pruned."""
+    from varrt.engines.ort_engine import OrtEngine
+    from varrt.engines.torch_engine import InfinityTorchEngine
+    from varrt.export.exporter import ExportConfig
+    from varrt.export.infinity_exporter import export_infinity_artifact
+
+    model, vae = tiny_infinity(depth=2), tiny_bsq_vae()
+    cfg = model.cfg
+    shapes = [
+        TextStepShape(2, 16, 20, 21, 16, probe=True),
+        TextStepShape(2, 16, 16, 21, 16, layers=(1,)),
+        InfinityFastVarShape(2, 16, 6, 21, 16, (1, 2)),
+    ]
+    graphs = [infinity_step_spec(cfg, s) for s in shapes]
+    out = tmp_path / "artifact"
+    manifest = export_infinity_artifact(
+        model, vae, None, graphs, out, config=ExportConfig(), schedule=TINY_SCHEDULE, batch=1, kv_capacity=21,
+        plans=[], source={"random_weights": {"model": "tests.helpers.tiny_infinity()"}},
+    )  # fmt: skip
+    assert list(manifest.components) == [
+        "infinity_transformer_probe",
+        "infinity_transformer_layers",
+        "infinity_transformer_fastvar",
+    ]
+    assert manifest.components["infinity_transformer_fastvar"]["blocks"] == [1, 2]
+    ort, eager = OrtEngine(out), InfinityTorchEngine(model, vae)
+    for graph in graphs:
+        assert ort.has_graph(graph) and eager.has_graph(graph)
+        feeds = _random_feeds(graph)
+        ref, got = eager.run(graph, feeds), ort.run(graph, feeds)
+        for spec in graph.outputs:
+            r, c = ref[spec.name], got[spec.name]
+            assert c.shape == spec.shape, (graph.name, spec.name)
+            if spec.name == "new_kv" and graph.component == "infinity_transformer_fastvar":
+                r, c = slot_order_free(r), slot_order_free(c)
+            torch.testing.assert_close(c, r, atol=1e-4, rtol=1e-4, msg=f"{graph.name}: {spec.name}")
