@@ -42,6 +42,11 @@ class ScaleSchedule:
     def last(self) -> int:
         return self.patch_nums[-1]
 
+    @property
+    def grids(self) -> tuple[tuple[int, int], ...]:
+        """(h, w) of every scale: the form both families share (policies and selectors use it)."""
+        return tuple((pn, pn) for pn in self.patch_nums)
+
     def tokens(self, si: int) -> int:
         return self.patch_nums[si] ** 2
 
@@ -57,7 +62,7 @@ class ScaleSchedule:
     def total_tokens(self) -> int:
         return self.begin_ends[-1][1]
 
-    def ratio(self, si: int) -> float:
+    def progress(self, si: int) -> float:
         """Progress through the schedule, 0 at the first scale and 1 at the last (CFG ramp, Phi map)."""
         return si / (self.num_scales - 1) if self.num_scales > 1 else 1.0
 

@@ -93,6 +93,10 @@ class InfinitySchedule:
         h, w = self.grids[si]
         return h * w
 
+    def progress(self, si: int) -> float:
+        """0 at the first scale, 1 at the last (as VAR's schedule: policies ramp with it)."""
+        return si / (self.num_scales - 1) if self.num_scales > 1 else 1.0
+
     @cached_property
     def begin_ends(self) -> tuple[tuple[int, int], ...]:
         out, cur = [], 0

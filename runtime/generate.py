@@ -19,12 +19,12 @@ into groups once, at the scale of the decision (their cache rows are copied then
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from varrt.engines.base import Engine
@@ -33,7 +33,7 @@ from varrt.export.vqvae import area_down
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
 from varrt.runtime.sampling import SamplingConfig, sample_scale
-from varrt.runtime.selectors import nearest_fill
+from varrt.runtime.selectors import nearest_fill, upsample_tokens
 
 ScaleCallback = Callable[[int, int, float], None]
 
@@ -63,8 +63,8 @@ class Group:
     slot: int = 0
     hidden: Tensor | None = None  # the last scale's dense final states (R, m, C), for 'cache' restoration
     logits: Tensor | None = None  # the last scale's engine logits (R, m, V), for policies that compare branches
-    entropy: Tensor | None = None  # attention entropy of the probe scale (R, depth, n), and that scale's side
-    entropy_side: int = 0
+    entropy: Tensor | None = None  # attention entropy of the probe scale (R, depth, n), and that scale's grid
+    entropy_grid: tuple[int, int] = (0, 0)
     deltas: Tensor | None = None  # FastVAR: the reference scale's residual deltas (R, depth, 2, n, C)
 
     @property
@@ -85,6 +85,15 @@ class Group:
         self.entropy = self.entropy[:b] if self.entropy is not None else None
         self.cfg_on = False
 
+    def append(self, new_kv: Tensor, n: int, live: int | None = None, blocks: tuple[int, int] | None = None) -> None:
+        """Write a scale's keys and values into the next n slots and mark them live — in FastVAR's
+        pruned ``blocks`` only the first ``live`` (its pivotal tokens' keys come first)."""
+        self.kv[:, :, :, :, self.slot : self.slot + n] = new_kv
+        self.kv_bias[:, self.slot : self.slot + n] = 0.0
+        if live is not None and live < n:
+            self.kv_bias[blocks[0] : blocks[1], self.slot + live : self.slot + n] = -torch.inf
+        self.slot += n
+
     def subset(self, local: Tensor, plan_idx: int) -> Group:
         """A new group of some of these samples (their rows copied once)."""
         rows = torch.cat((local, local + self.b)) if self.cfg_on else local
@@ -100,7 +109,7 @@ class Group:
             hidden=pick(self.hidden),
             logits=pick(self.logits),
             entropy=pick(self.entropy),
-            entropy_side=self.entropy_side,
+            entropy_grid=self.entropy_grid,
             deltas=pick(self.deltas),
         )
 
@@ -131,12 +140,47 @@ def resolve_labels(
     return t.to(device)
 
 
-def upsample_tokens(t: Tensor, side_from: int, side_to: int) -> Tensor:
-    """(..., side_from**2, C) token maps -> (..., side_to**2, C) by area interpolation."""
-    lead, c = t.shape[:-2], t.shape[-1]
-    grid = t.reshape(-1, side_from, side_from, c).permute(0, 3, 1, 2)
-    out = F.interpolate(grid, size=(side_to, side_to), mode="area")
-    return out.permute(0, 2, 3, 1).reshape(*lead, side_to * side_to, c)
+@functools.lru_cache(maxsize=64)
+def dense_fill(rows: int, b: int, n: int, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """fill_idx, fill_mask, restore of a scale whose every token runs: each position is itself
+    (cached: the same read-only feeds every generation, no allocation per scale)."""
+    local = torch.arange(n, device=device).expand(b, n)
+    return local, torch.ones(b, n, device=device), torch.zeros(rows, n, width, device=device)
+
+
+def fastvar_deltas(g: Group, plan: Plan, si: int, grids: Sequence[tuple[int, int]], zeros: Tensor) -> Tensor:
+    """The deltas a FastVAR graph restores pruned tokens from: the reference scale's, up-sampled to
+    scale si (zeros where nothing is pruned, e.g. at the reference scale itself)."""
+    if plan.scales[si].restore != "fastvar":
+        return zeros
+    return upsample_tokens(g.deltas, grids[plan.fastvar_reference], grids[si])
+
+
+def select_budget(policy: Policy, plan: Plan, si: int, g: Group, state: ScaleState) -> Tensor:
+    """The (b, n) tokens the policy picks for scale si's budget, checked against the plan."""
+    local = policy.select(si, plan, state).to(g.kv.device)
+    n = plan.tokens(si, state.schedule)
+    if local.shape != (g.b, n):
+        raise PlanError(
+            f"policy {policy.name!r} selected {tuple(local.shape)} tokens at scale {si}, "
+            f"the plan's budget is {(g.b, n)}"
+        )
+    return local
+
+
+def restoration(rule: str, local: Tensor, g: Group, grids: Sequence[tuple[int, int]], si: int) -> tuple[Tensor, ...]:
+    """fill_idx, fill_mask (b, N) and restore (R, N, C) of a scale where only ``local`` (b, n) run:
+    ``nearest`` fills each position from the nearest computed token, ``cache`` keeps the computed
+    tokens and takes the previous scale's final states (up-sampled) everywhere else."""
+    (h, w), dev = grids[si], local.device
+    (b, n), m = local.shape, h * w
+    rows, width = g.hidden.shape[0], g.hidden.shape[-1]
+    if rule == "nearest":
+        return nearest_fill(local, (h, w)), torch.ones(b, m, device=dev), torch.zeros(rows, m, width, device=dev)
+    order = torch.arange(n, device=dev).expand(b, n)
+    fill = torch.zeros(b, m, dtype=torch.int64, device=dev).scatter(1, local, order)
+    mask = torch.zeros(b, m, device=dev).scatter(1, local, 1.0)
+    return fill, mask, upsample_tokens(g.hidden, grids[si - 1], (h, w))
 
 
 class ScaleLoop:
@@ -182,10 +226,7 @@ class ScaleLoop:
         common = {**g.cond, "kv": g.kv}
         if isinstance(shape, FastVarShape):
             pos = torch.arange(begin, begin + n_full, device=dev).expand(shape.rows, n_full)
-            deltas = self.zeros(graph.input("deltas").shape)
-            if sp.restore == "fastvar":
-                ref = plan.fastvar_reference
-                deltas = upsample_tokens(g.deltas, self.sched.patch_nums[ref], pn)
+            deltas = fastvar_deltas(g, plan, si, self.sched.grids, self.zeros(graph.input("deltas").shape))
             feeds = {
                 "x": g.rows(x_full),
                 "pos_idx": pos,
@@ -197,23 +238,13 @@ class ScaleLoop:
             out = self.engine.run(graph, feeds)
             if si == plan.fastvar_reference:
                 g.deltas = out["new_deltas"].clone()  # engine outputs may be reused buffers
-            g.kv[:, :, :, :, g.slot : g.slot + n_full] = out["new_kv"]
-            a, b = plan.fastvar_blocks
-            g.kv_bias[:, g.slot : g.slot + n_full] = 0.0
-            if shape.keep < n_full:
-                g.kv_bias[a:b, g.slot + shape.keep : g.slot + n_full] = -torch.inf
-            g.slot += n_full
+            g.append(out["new_kv"], n_full, shape.keep, plan.fastvar_blocks)
             return out["logits"]
 
         n = shape.tokens
         if n == n_full:
-            local = torch.arange(n_full, device=dev).expand(g.b, n_full)
-            fill, mask, restore = (
-                local,
-                self.zeros((g.b, n_full)) + 1.0,
-                self.zeros((shape.rows, n_full, self.cfg.width)),
-            )
-            x = x_full
+            fill, mask, restore = dense_fill(shape.rows, g.b, n_full, self.cfg.width, dev)
+            x, local = x_full, fill  # every position computes itself
         else:
             f_now, f_before = self.latents
             sel = g.samples.to(f_now.device)
@@ -223,25 +254,14 @@ class ScaleLoop:
                 x=x_full,
                 plan=plan,
                 engine=self.engine,
+                schedule=self.sched,
                 f_hat=f_now[sel],
                 f_hat_prev=f_before[sel],
                 groups=[g],
             )
-            local = self.policy.select(si, plan, state).to(dev)
-            if local.shape != (g.b, n):
-                raise PlanError(
-                    f"policy {self.policy.name!r} selected {tuple(local.shape)} tokens at scale {si}, "
-                    f"the plan's budget is {(g.b, n)}"
-                )
+            local = select_budget(self.policy, plan, si, g, state)
             x = torch.gather(x_full, 1, local.unsqueeze(-1).expand(-1, -1, x_full.shape[-1]))
-            if sp.restore == "nearest":
-                fill, mask = nearest_fill(local, pn), self.zeros((g.b, n_full)) + 1.0
-                restore = self.zeros((shape.rows, n_full, self.cfg.width))
-            else:  # cache: the previous scale's final states, up-sampled
-                fill = torch.zeros(g.b, n_full, dtype=torch.int64, device=dev)
-                fill = fill.scatter(1, local, torch.arange(n, device=dev).expand(g.b, n))
-                mask = torch.zeros(g.b, n_full, device=dev).scatter(1, local, 1.0)
-                restore = upsample_tokens(g.hidden, self.sched.patch_nums[si - 1], pn)
+            fill, mask, restore = restoration(sp.restore, local, g, self.sched.grids, si)
         feeds = {
             "x": g.rows(x),
             "pos_idx": g.rows(local + begin),
@@ -252,12 +272,10 @@ class ScaleLoop:
             "restore": restore,
         }
         out = self.engine.run(graph, feeds)
-        g.kv[:, :, :, :, g.slot : g.slot + n] = out["new_kv"]
-        g.kv_bias[:, g.slot : g.slot + n] = 0.0
-        g.slot += n
+        g.append(out["new_kv"], n)
         g.hidden = out["hidden"].clone()  # engine outputs may be reused buffers
         if "entropy" in out:
-            g.entropy, g.entropy_side = out["entropy"].clone(), pn
+            g.entropy, g.entropy_grid = out["entropy"].clone(), (pn, pn)
         return out["logits"]
 
     # ------------------------------------------------------------------------------- regrouping
@@ -345,7 +363,7 @@ def generate(
             ran = True
             logits = loop.run_group(g, si, x_next[g.samples.to(dev)])
             g.logits = logits.clone()
-            idx, codes = sample_scale(logits, g.b, sched.ratio(si), sampling, rng, codebook.to(dev))
+            idx, codes = sample_scale(logits, g.b, sched.progress(si), sampling, rng, codebook.to(dev))
             h = quant.codes_to_map(codes.to(codebook.device), pn)
             sel = g.samples.to(codebook.device)
             new_f, _ = quant.next_input(si, f_hat[sel], h)
@@ -361,6 +379,7 @@ def generate(
                 x=x_next,
                 plan=None,
                 engine=engine,
+                schedule=sched,
                 f_hat=f_hat,
                 f_hat_prev=f_prev,
                 groups=groups,

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from varrt.export.configs import ScaleSchedule
 from varrt.export.graphs import FastVarShape, StepShape
+from varrt.export.infinity_config import InfinitySchedule
 
+Schedule = ScaleSchedule | InfinitySchedule
 CFG_MODES = ("both", "cond")
 #: how the positions of a scale that the engine did not compute get their final hidden state:
 #: none (every token computed), nearest (the nearest computed token's), cache (the previous scale's
@@ -66,9 +68,9 @@ class Plan:
 
     # ---------------------------------------------------------------------------- construction
     @classmethod
-    def full(cls, schedule: ScaleSchedule) -> Plan:
+    def full(cls, schedule: Schedule) -> Plan:
         """Every scale, every token, both CFG branches: the official sampler."""
-        return cls("full", tuple(ScalePlan() for _ in schedule.patch_nums), "the official sampler, unchanged")
+        return cls("full", tuple(ScalePlan() for _ in schedule.grids), "the official sampler, unchanged")
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
@@ -125,10 +127,10 @@ class Plan:
         return replace(self, scales=tuple(scales))
 
     # ---------------------------------------------------------------------------- validation
-    def validate(self, schedule: ScaleSchedule, depth: int) -> Plan:
+    def validate(self, schedule: Schedule, depth: int) -> Plan:
         if len(self.scales) != schedule.num_scales:
             raise PlanError(
-                f"plan {self.name!r} has {len(self.scales)} scales, the model's schedule {schedule.patch_nums} has "
+                f"plan {self.name!r} has {len(self.scales)} scales, the schedule {list(schedule.grids)} has "
                 f"{schedule.num_scales}"
             )
         if not self.scales[0].run:
@@ -136,7 +138,8 @@ class Plan:
         cond_from = None
         for si, s in enumerate(self.scales):
             n = schedule.tokens(si)
-            where = f"plan {self.name!r}, scale {si} ({schedule.patch_nums[si]}x{schedule.patch_nums[si]} = {n} tokens)"
+            h, w = schedule.grids[si]
+            where = f"plan {self.name!r}, scale {si} ({h}x{w} = {n} tokens)"
             if s.cfg not in CFG_MODES:
                 raise PlanError(f"{where}: cfg {s.cfg!r} is not one of {CFG_MODES}")
             if s.restore not in RESTORE_RULES:
@@ -184,7 +187,7 @@ class Plan:
             raise PlanError(f"plan {self.name!r}: a FastVAR plan has no probe graph")
         return self
 
-    def _validate_fastvar(self, schedule: ScaleSchedule, depth: int) -> None:
+    def _validate_fastvar(self, schedule: Schedule, depth: int) -> None:
         if self.fastvar_blocks is None:
             return
         a, b = self.fastvar_blocks
@@ -206,26 +209,26 @@ class Plan:
             )
 
     # ---------------------------------------------------------------------------- derived numbers
-    def tokens(self, si: int, schedule: ScaleSchedule) -> int:
+    def tokens(self, si: int, schedule: Schedule) -> int:
         s = self.scales[si]
         return schedule.tokens(si) if s.budget is None else s.budget
 
     def run_scales(self) -> list[int]:
         return [si for si, s in enumerate(self.scales) if s.run]
 
-    def slots(self, si: int, schedule: ScaleSchedule) -> int:
+    def slots(self, si: int, schedule: Schedule) -> int:
         """KV slots scale si takes: its computed tokens (a FastVAR scale reserves all of its tokens,
         because its unpruned blocks compute every one)."""
         return schedule.tokens(si) if self.fastvar_blocks is not None else self.tokens(si, schedule)
 
-    def capacity(self, schedule: ScaleSchedule) -> int:
+    def capacity(self, schedule: Schedule) -> int:
         """KV slots the plan fills: computed tokens contribute KV, pruned and skipped ones none."""
         return sum(self.slots(si, schedule) for si in self.run_scales())
 
     def rows(self, si: int, batch: int) -> int:
         return 2 * batch if self.scales[si].cfg == "both" else batch
 
-    def step_shape(self, si: int, schedule: ScaleSchedule, batch: int, capacity: int) -> StepShape | FastVarShape:
+    def step_shape(self, si: int, schedule: Schedule, batch: int, capacity: int) -> StepShape | FastVarShape:
         rows, n = self.rows(si, batch), schedule.tokens(si)
         ref = self.fastvar_reference
         if self.fastvar_blocks is not None and ref is not None and si >= ref:
@@ -236,31 +239,34 @@ class Plan:
         return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale, layers=layers)
 
 
-def kv_capacity(plans: Iterable[Plan], schedule: ScaleSchedule) -> int:
+def kv_capacity(plans: Iterable[Plan], schedule: Schedule) -> int:
     """One KV buffer serves every plan of a set (a policy may pick among them per sample)."""
     return max(p.capacity(schedule) for p in plans)
 
 
 def step_shapes(
     plans: Sequence[Plan],
-    schedule: ScaleSchedule,
+    schedule: Schedule,
     batch: int,
     split_from: int | None = None,
     capacity: int | None = None,
-) -> list[StepShape | FastVarShape]:
+    shape_of: Callable[[Plan, int, int, int], Hashable] | None = None,
+) -> list:
     """Every distinct transformer shape a plan set needs, in first-use order.
 
     A policy that moves samples between plans during a generation (SkipVAR's per-sample strategy,
     LD-Pruning's per-sample CFG switch) runs each group of samples at its own size: from scale
-    ``split_from`` on, every group size 1..batch gets its shapes too.
+    ``split_from`` on, every group size 1..batch gets its shapes too. ``shape_of(plan, si, batch,
+    capacity)`` is the family's shape of one call (default: VAR's :meth:`Plan.step_shape`).
     """
     cap = capacity or kv_capacity(plans, schedule)
-    out: dict[StepShape | FastVarShape, None] = {}
+    shape_of = shape_of or (lambda plan, si, b, c: plan.step_shape(si, schedule, b, c))
+    out: dict[Hashable, None] = {}
     for plan in plans:
         for si in plan.run_scales():
             sizes = range(1, batch + 1) if split_from is not None and si >= split_from else (batch,)
             for b in sizes:
-                out.setdefault(plan.step_shape(si, schedule, b, cap))
+                out.setdefault(shape_of(plan, si, b, cap))
     return list(out)
 
 

@@ -24,27 +24,46 @@ def distance_to_mean(tokens: Tensor) -> Tensor:
     return (tokens - tokens.mean(dim=1, keepdim=True)).square().sum(-1)
 
 
-def grid_coords(side: int, device: torch.device | None = None) -> Tensor:
-    """(side*side, 2) row, column of every position, row-major."""
-    r = torch.arange(side, device=device)
-    return torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2).float()
+Grid = tuple[int, int]
 
 
-def nearest_fill(kept: Tensor, side: int) -> Tensor:
-    """For every position of a side x side map, the index (into ``kept`` (b, n)) of the nearest kept
+def as_grid(grid: int | Grid) -> Grid:
+    """A scale's (h, w); VAR's square scales may be given by their side."""
+    return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
+
+def grid_coords(grid: int | Grid, device: torch.device | None = None) -> Tensor:
+    """(h*w, 2) row, column of every position, row-major."""
+    h, w = as_grid(grid)
+    rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    return torch.stack((rows, cols), dim=-1).reshape(-1, 2).float()
+
+
+def nearest_fill(kept: Tensor, grid: int | Grid) -> Tensor:
+    """For every position of an h x w map, the index (into ``kept`` (b, n)) of the nearest kept
     position (Euclidean on the grid; ties go to the earlier kept token). Kept positions map to
     themselves: this is the index map of nearest-neighbour feature propagation."""
-    coords = grid_coords(side, kept.device)
+    coords = grid_coords(grid, kept.device)
     d = torch.cdist(coords.unsqueeze(0).expand(kept.shape[0], -1, -1), coords[kept])  # (b, N, n)
     return d.argmin(dim=2)
 
 
-def high_pass(tokens: Tensor, side: int) -> Tensor:
-    """Texture score: || x - blur3x3(x) || per token of a (b, side*side, C) map (replicate padding)."""
+def high_pass(tokens: Tensor, grid: int | Grid) -> Tensor:
+    """Texture score: || x - blur3x3(x) || per token of a (b, h*w, C) map (replicate padding)."""
     b, n, c = tokens.shape
-    grid = tokens.transpose(1, 2).reshape(b, c, side, side)
-    blur = F.avg_pool2d(F.pad(grid, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return (grid - blur).square().sum(1).sqrt().reshape(b, n)
+    maps = tokens.transpose(1, 2).reshape(b, c, *as_grid(grid))
+    blur = F.avg_pool2d(F.pad(maps, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (maps - blur).square().sum(1).sqrt().reshape(b, n)
+
+
+def upsample_tokens(t: Tensor, grid_from: int | Grid, grid_to: int | Grid) -> Tensor:
+    """(..., h*w, C) token maps of one grid -> (..., h'*w', C) of another, by area interpolation
+    (FastVAR's and the cached restorations' up-sampling)."""
+    lead, c = t.shape[:-2], t.shape[-1]
+    maps = t.reshape(-1, *as_grid(grid_from), c).permute(0, 3, 1, 2)
+    h, w = as_grid(grid_to)
+    out = F.interpolate(maps, size=(h, w), mode="area")
+    return out.permute(0, 2, 3, 1).reshape(*lead, h * w, c)
 
 
 def principal_projection(tokens: Tensor, components: int = 1, iterations: int = 8) -> Tensor:
@@ -115,10 +134,10 @@ def keep_count(tokens: int, keep: float) -> int:
 
 
 # ------------------------------------------------------------------------------------ LD-Pruning
-def latent_discrepancy(f_now: Tensor, f_before: Tensor, side: int) -> Tensor:
-    """Per position of a side x side grid: || f_now - f_before || over channels, area-averaged —
+def latent_discrepancy(f_now: Tensor, f_before: Tensor, grid: int | Grid) -> Tensor:
+    """Per position of an h x w grid: || f_now - f_before || over channels, area-averaged —
     how much the last scale changed the accumulated latent there (no decoder involved)."""
-    d = F.interpolate((f_now - f_before).float(), size=(side, side), mode="area")
+    d = F.interpolate((f_now - f_before).float(), size=as_grid(grid), mode="area")
     return d.square().sum(1).sqrt().flatten(1)
 
 

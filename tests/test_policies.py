@@ -283,7 +283,7 @@ def test_a_group_split_carries_every_field_of_its_samples():
         hidden=rows(4, 8),
         logits=rows(4, 16),
         entropy=rows(2, 4),
-        entropy_side=2,
+        entropy_grid=(2, 2),
         deltas=rows(2, 2, 4, 8),
     )
     local = torch.tensor([0, 2])
@@ -293,7 +293,7 @@ def test_a_group_split_carries_every_field_of_its_samples():
         old, new = getattr(group, f.name), getattr(part, f.name)
         if f.name in ("kv", "hidden", "logits", "entropy", "deltas"):
             assert torch.equal(new, old[picked]), f.name
-    assert (part.plan_idx, part.slot, part.entropy_side, part.cfg_on) == (3, 4, 2, True)
+    assert (part.plan_idx, part.slot, part.entropy_grid, part.cfg_on) == (3, 4, (2, 2), True)
     assert torch.equal(part.samples, local) and torch.equal(part.cond["sos"], group.cond["sos"][picked])
     part.drop_uncond()
     assert part.kv.shape[0] == part.deltas.shape[0] == part.entropy.shape[0] == 2

@@ -14,7 +14,15 @@ from varrt.runtime.plan import PlanError
 from varrt.runtime.policies import ScaleState, make_policy
 from varrt.runtime.policies.ldpruning import LDPruningPolicy
 from varrt.runtime.policies.stepvar import StepVarPolicy
-from varrt.runtime.selectors import branch_discrepancy, high_pass, latent_discrepancy, seeded_subset, top_tokens
+from varrt.runtime.selectors import (
+    branch_discrepancy,
+    high_pass,
+    latent_discrepancy,
+    nearest_fill,
+    seeded_subset,
+    top_tokens,
+    upsample_tokens,
+)
 
 CFG = var_config("var-tiny-d2")
 
@@ -40,6 +48,22 @@ def test_latent_discrepancy_points_at_what_changed():
     assert top_tokens(d, 1).tolist() == [[0]]
 
 
+def test_selectors_read_rectangular_grids():
+    """Infinity's templates are h x w: every selector takes the (h, w) of the scale."""
+    fill = nearest_fill(torch.tensor([[0, 9]]), (2, 5)).view(2, 5)  # kept: (0, 0) and (1, 4)
+    assert fill.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
+    up = upsample_tokens(torch.tensor([[[1.0], [2.0]]]), (1, 2), (2, 4)).view(2, 4)
+    assert up.tolist() == [[1.0, 1.0, 2.0, 2.0]] * 2
+    now = torch.zeros(1, 3, 4, 8)
+    now[..., 2:, 6:] = 1.0  # the bottom-right corner changed
+    d = latent_discrepancy(now, torch.zeros_like(now), (2, 4))
+    assert top_tokens(d, 1).tolist() == [[7]] and d[0, :7].max() == 0
+    x = torch.zeros(1, 12, 2)
+    x.view(1, 3, 4, 2)[:, :, 2:] = 1.0  # a vertical edge on a 3 x 4 map
+    texture = high_pass(x, (3, 4)).view(3, 4)
+    assert texture[:, 1:3].min() > 0 and texture[:, 0].max() == 0 and texture[:, 3].max() == 0
+
+
 def test_converged_branch_discrepancy_switches_cfg_off_at_the_expected_scale():
     policy = LDPruningPolicy(CFG, threshold=0.1, min_scale=3)
     # logits whose cond/uncond distance shrinks 1.0 -> 0.5 -> 0.3 -> 0.28: converged after scale 3
@@ -55,6 +79,7 @@ def test_converged_branch_discrepancy_switches_cfg_off_at_the_expected_scale():
             x=torch.zeros(1, 1, 1),
             plan=None,
             engine=None,
+            schedule=CFG.schedule,
             f_hat=torch.zeros(1, 1, 1, 1),
             groups=[group],
         )

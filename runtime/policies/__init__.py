@@ -14,10 +14,27 @@ from pathlib import Path
 
 from torch import Tensor
 
-from varrt.export.configs import ScaleSchedule, VARConfig, VQVAEConfig
+from varrt.export.configs import VARConfig
 from varrt.export.graphs import GraphSpec
-from varrt.runtime.plan import Plan, PlanError, ScalePlan
+from varrt.runtime.plan import Plan, PlanError, ScalePlan, Schedule
 from varrt.runtime.selectors import distance_to_mean, keep_count, top_tokens
+
+
+@dataclass(frozen=True)
+class PolicyTarget:
+    """What a policy is built for: the scale schedule (its ``grids``), the block count, the family.
+
+    VAR's schedule is fixed by the model; Infinity's by the aspect ratio of the request, so a
+    policy is made per (model, schedule) rather than per model config.
+    """
+
+    schedule: Schedule
+    depth: int
+    family: str = "var"
+
+    @classmethod
+    def of(cls, cfg: VARConfig | PolicyTarget) -> PolicyTarget:
+        return cfg if isinstance(cfg, PolicyTarget) else cls(cfg.schedule, cfg.depth)
 
 
 @dataclass
@@ -30,6 +47,7 @@ class ScaleState:
     x: Tensor  # (b, N, Cvae) the scale's input tokens (select) / the next scale's (after_scale)
     plan: Plan | None
     engine: object
+    schedule: Schedule
     f_hat: Tensor | None = None  # after the scale (after_scale) / after the previous scale (select)
     f_hat_prev: Tensor | None = None  # the accumulated latent one scale earlier
     groups: list = field(default_factory=list)  # the generation's groups (their last logits, cache, ...)
@@ -50,15 +68,15 @@ class Policy:
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
         """(b, n) indices (within the scale, ascending) of the tokens to compute."""
-        n = plan.tokens(si, state.engine.var_config.schedule)
-        return top_tokens(distance_to_mean(state.x), n)
+        return top_tokens(distance_to_mean(state.x), plan.tokens(si, state.schedule))
 
     def after_scale(self, state: ScaleState) -> Tensor | None:
         """Per-sample plan indices (B,) to switch to, or None to keep every sample where it is."""
         return None
 
-    def extra_graphs(self, vcfg: VQVAEConfig, batch: int) -> list[GraphSpec]:
-        """Graphs the policy runs besides the plans' steps (e.g. SkipVAR's small decodes)."""
+    def extra_graphs(self, vcfg, batch: int, patchify: bool = False) -> list[GraphSpec]:
+        """Graphs the policy runs besides the plans' steps (e.g. SkipVAR's small decodes); ``vcfg``
+        is the family's decoder config, ``patchify`` Infinity-8B's 2x2 token layout."""
         return []
 
     def describe(self) -> dict:
@@ -74,7 +92,7 @@ class StaticPolicy(Policy):
 
 
 def late_budgets(
-    schedule: ScaleSchedule,
+    schedule: Schedule,
     keep: tuple[float, ...],
     restore: str,
     cond_from: int | None = None,
@@ -123,7 +141,8 @@ def check_options(name: str, opts: dict[str, str], allowed: dict[str, str]) -> N
         raise PlanError(f"policy {name!r} has no option(s) {sorted(unknown)}; its options are — {known}")
 
 
-def registry() -> dict[str, type]:
+def registry(family: str = "var") -> dict[str, type]:
+    """Policy classes by name; SkipVAR's selector is per family (its decodes and fitted models)."""
     from varrt.runtime.policies.fastvar import FastVarPolicy
     from varrt.runtime.policies.ldpruning import LDPruningPolicy
     from varrt.runtime.policies.skipvar import SkipVarPolicy
@@ -131,6 +150,8 @@ def registry() -> dict[str, type]:
     from varrt.runtime.policies.stepvar import StepVarPolicy
     from varrt.runtime.policies.toprovar import ToProVarPolicy
 
+    if family == "infinity":
+        from varrt.runtime.policies.infinity import InfinitySkipVar as SkipVarPolicy
     return {
         "fastvar": FastVarPolicy,
         "skipvar": SkipVarPolicy,
@@ -141,30 +162,33 @@ def registry() -> dict[str, type]:
     }
 
 
-def make_policy(spec: str, cfg: VARConfig) -> Policy:
-    """A policy by spec: ``full``, ``NAME[:key=value,...]``, ``A+B`` (composition), or a plan file."""
+def make_policy(spec: str, cfg: VARConfig | PolicyTarget) -> Policy:
+    """A policy by spec: ``full``, ``NAME[:key=value,...]``, ``A+B`` (composition), or a plan file;
+    for a VAR model config, or for a :class:`PolicyTarget` (Infinity: the request's schedule)."""
+    target = PolicyTarget.of(cfg)
+    sched = target.schedule
     if "+" in spec:
         from varrt.runtime.policies.compose import ComposedPolicy
 
-        parts = [make_policy(p, cfg) for p in spec.split("+")]
+        parts = [make_policy(p, target) for p in spec.split("+")]
         policy = parts[0]
         for other in parts[1:]:
-            policy = ComposedPolicy(policy, other, cfg)
+            policy = ComposedPolicy(policy, other, target)
         return policy
-    known = registry()
+    known = registry(target.family)
     if Path(spec).suffix in (".json", ".toml"):
-        return StaticPolicy(Plan.load(spec).validate(cfg.schedule, cfg.depth))
+        return StaticPolicy(Plan.load(spec).validate(sched, target.depth))
     name, opts = parse_spec(spec)
     if name == "full":
         check_options(name, opts, {})
-        return StaticPolicy(Plan.full(cfg.schedule))
+        return StaticPolicy(Plan.full(sched))
     if name not in known:
         raise PlanError(f"unknown policy {name!r}; known: full, {', '.join(known)}, A+B, or a plan file (.json/.toml)")
-    policy = known[name].from_options(cfg, opts)
+    policy = known[name].from_options(target, opts)
     if opts:  # reports and errors tell variants of one policy apart
         policy.name = f"{name}:" + ",".join(f"{k}={v}" for k, v in opts.items())
     for p in policy.plans:
-        p.validate(cfg.schedule, cfg.depth)
+        p.validate(sched, target.depth)
     return policy
 
 
@@ -174,6 +198,7 @@ def policy_names() -> list[str]:
 
 __all__ = [
     "Policy",
+    "PolicyTarget",
     "ScaleState",
     "StaticPolicy",
     "check_options",

@@ -13,10 +13,9 @@ from dataclasses import replace
 
 from torch import Tensor
 
-from varrt.export.configs import VARConfig, VQVAEConfig
 from varrt.export.graphs import GraphSpec
 from varrt.runtime.plan import Plan, PlanError, ScalePlan
-from varrt.runtime.policies import Policy, ScaleState
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState
 
 
 def decides(p: Policy) -> bool:
@@ -24,7 +23,7 @@ def decides(p: Policy) -> bool:
 
 
 class ComposedPolicy(Policy):
-    def __init__(self, a: Policy, b: Policy, cfg: VARConfig) -> None:
+    def __init__(self, a: Policy, b: Policy, target: PolicyTarget) -> None:
         if decides(a) and decides(b):
             raise PlanError(
                 f"{a.name}+{b.name}: both make run-time decisions; compose one deciding policy with static ones"
@@ -34,7 +33,7 @@ class ComposedPolicy(Policy):
         self.a, self.b = a, b
         self.decider = a if decides(a) else (b if decides(b) else None)
         self.name = f"{a.name}+{b.name}"
-        sched = cfg.schedule
+        sched = target.schedule
         if self.decider is b:
             plans = tuple(self._merge(a.plans[0], pb, sched) for pb in b.plans)
         else:
@@ -71,5 +70,5 @@ class ComposedPolicy(Policy):
     def after_scale(self, state: ScaleState) -> Tensor | None:
         return self.decider.after_scale(state) if self.decider else None
 
-    def extra_graphs(self, vcfg: VQVAEConfig, batch: int) -> list[GraphSpec]:
-        return [*self.a.extra_graphs(vcfg, batch), *self.b.extra_graphs(vcfg, batch)]
+    def extra_graphs(self, vcfg, batch: int, patchify: bool = False) -> list[GraphSpec]:
+        return [*self.a.extra_graphs(vcfg, batch, patchify), *self.b.extra_graphs(vcfg, batch, patchify)]

@@ -24,9 +24,8 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from varrt.export.configs import VARConfig
 from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.policies import Policy, ScaleState, check_options, fractions, late_budgets
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options, fractions, late_budgets
 from varrt.runtime.selectors import branch_discrepancy, latent_discrepancy, top_tokens
 
 OPTIONS = {
@@ -40,19 +39,23 @@ class LDPruningPolicy(Policy):
     name = "ld-pruning"
 
     @classmethod
-    def from_options(cls, cfg: VARConfig, opts: dict[str, str]) -> LDPruningPolicy:
+    def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> LDPruningPolicy:
         check_options(cls.name, opts, OPTIONS)
         try:
             keep = fractions(opts.get("keep", "0.6/0.5"), "ld-pruning keep")
             min_scale = int(opts["min_scale"]) if "min_scale" in opts else None
-            return cls(cfg, keep, float(opts.get("threshold", 0.1)), min_scale)
+            return cls(target, keep, float(opts.get("threshold", 0.1)), min_scale)
         except ValueError as e:
             raise PlanError(f"ld-pruning options {opts}: {e}") from None
 
     def __init__(
-        self, cfg: VARConfig, keep: tuple[float, ...] = (0.6, 0.5), threshold: float = 0.1, min_scale: int | None = None
+        self,
+        target: PolicyTarget,
+        keep: tuple[float, ...] = (0.6, 0.5),
+        threshold: float = 0.1,
+        min_scale: int | None = None,
     ) -> None:
-        sched = cfg.schedule
+        sched = target.schedule
         sn = sched.num_scales
         self.min_scale = sn // 2 if min_scale is None else min_scale
         if not 1 <= self.min_scale <= sn - 2:
@@ -77,8 +80,8 @@ class LDPruningPolicy(Policy):
         super().__init__(tuple(plans), {"keep": list(keep), "threshold": threshold, "min_scale": self.min_scale})
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
-        sched = state.engine.var_config.schedule
-        scores = latent_discrepancy(state.f_hat, state.f_hat_prev, sched.patch_nums[si]).to(state.x.device)
+        sched = state.schedule
+        scores = latent_discrepancy(state.f_hat, state.f_hat_prev, sched.grids[si]).to(state.x.device)
         return top_tokens(scores, plan.tokens(si, sched))
 
     def after_scale(self, state: ScaleState) -> Tensor | None:

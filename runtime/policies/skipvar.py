@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from varrt.export.configs import VARConfig, VQVAEConfig
 from varrt.export.graphs import GraphSpec, decoder_spec
 from varrt.export.vqvae import area_down
 from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.policies import Policy, ScaleState, check_options
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options
 from varrt.runtime.selectors import high_frequency_difference, high_frequency_ratio, logistic_argmax
 
 OPTIONS = {
@@ -75,7 +74,7 @@ class SkipVarPolicy(Policy):
     name = "skipvar"
 
     @classmethod
-    def from_options(cls, cfg: VARConfig, opts: dict[str, str]) -> SkipVarPolicy:
+    def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> SkipVarPolicy:
         check_options(cls.name, opts, OPTIONS)
         if "model" in opts:
             path = Path(opts["model"])
@@ -99,12 +98,17 @@ class SkipVarPolicy(Policy):
             grid = int(opts.get("grid", 4))
         except ValueError as e:
             raise PlanError(f"skipvar options {opts}: {e}") from None
-        return cls(cfg, models, decision, grid, {**opts, "model_key": key})
+        return cls(target, models, decision, grid, {**opts, "model_key": key})
 
     def __init__(
-        self, cfg: VARConfig, models: dict, decision: int | None = None, grid: int = 4, options: dict | None = None
+        self,
+        target: PolicyTarget,
+        models: dict,
+        decision: int | None = None,
+        grid: int = 4,
+        options: dict | None = None,
     ) -> None:
-        sched = cfg.schedule
+        sched = target.schedule
         sn = sched.num_scales
         self.decision = sn - 4 if decision is None else decision
         if not 0 <= self.decision <= sn - 4:
@@ -113,20 +117,21 @@ class SkipVarPolicy(Policy):
             )
         if not 0 <= grid < sn:
             raise PlanError(f"skipvar: grid scale {grid} is outside the schedule (0..{sn - 1})")
-        self.side = sched.patch_nums[grid]
+        self.grid = sched.grids[grid]
         self.models = models
         self.split_from = self.decision + 1
         super().__init__(strategy_plans(Plan.full(sched)), options or {})
 
-    def extra_graphs(self, vcfg: VQVAEConfig, batch: int) -> list[GraphSpec]:
-        return [decoder_spec(vcfg, 2 * batch, self.side)]
+    def extra_graphs(self, vcfg, batch: int, patchify: bool = False) -> list[GraphSpec]:
+        return [decoder_spec(vcfg, 2 * batch, self.grid[0])]
 
     def features(self, state: ScaleState) -> Tensor:
         """(B, 2): diff_hf and hf_ratio of every sample (or (B, 1) for the diff-only models)."""
         engine = state.engine
         b = state.f_hat.shape[0]
-        small = torch.cat((area_down(state.f_hat_prev, self.side), area_down(state.f_hat, self.side)))
-        graph = decoder_spec(engine.vqvae_config, 2 * b, self.side)
+        side = self.grid[0]
+        small = torch.cat((area_down(state.f_hat_prev, side), area_down(state.f_hat, side)))
+        graph = decoder_spec(engine.vqvae_config, 2 * b, side)
         images = engine.run(graph, {"f_hat": small.to(engine.device)})["image"].float().cpu() * 2 - 1
         old, new = images[:b], images[b:]
         diff, ratio = high_frequency_difference(new, old), high_frequency_ratio(new)

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from varrt.export.configs import VARConfig
 from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.policies import Policy, ScaleState, check_options, fractions, late_budgets
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options, fractions, late_budgets
 from varrt.runtime.selectors import seeded_subset
 
 OPTIONS = {
@@ -36,22 +35,23 @@ class StageVarPolicy(Policy):
     name = "stagevar"
 
     @classmethod
-    def from_options(cls, cfg: VARConfig, opts: dict[str, str]) -> StageVarPolicy:
+    def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> StageVarPolicy:
         check_options(cls.name, opts, OPTIONS)
         try:
             stage = int(opts["stage"]) if "stage" in opts else None
             keep = fractions(opts["keep"], "stagevar keep") if "keep" in opts else None
-            return cls(cfg, stage, keep, int(opts.get("seed", 0)))
+            return cls(target, stage, keep, int(opts.get("seed", 0)))
         except ValueError as e:
             raise PlanError(f"stagevar options {opts}: {e}") from None
 
     def __init__(
-        self, cfg: VARConfig, stage: int | None = None, keep: tuple[float, ...] | None = None, seed: int = 0
+        self, target: PolicyTarget, stage: int | None = None, keep: tuple[float, ...] | None = None, seed: int = 0
     ) -> None:
-        sched = cfg.schedule
+        sched = target.schedule
         sn = sched.num_scales
         if stage is None:
-            stage = next(si for si, pn in enumerate(sched.patch_nums) if pn > sched.last / 2)
+            last_h = sched.grids[-1][0]
+            stage = next(si for si, (h, _) in enumerate(sched.grids) if h > last_h / 2)
         if not 1 <= stage < sn:
             raise PlanError(f"stagevar: the late stage must start at a scale in 1..{sn - 1}, got {stage}")
         n_late = sn - stage
@@ -72,5 +72,5 @@ class StageVarPolicy(Policy):
         super().__init__((plan,), {"stage": stage, "keep": list(keep), "seed": seed})
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
-        sched = state.engine.var_config.schedule
+        sched = state.schedule
         return seeded_subset(state.x.shape[0], sched.tokens(si), plan.tokens(si, sched), self.seed, si)

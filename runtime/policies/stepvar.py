@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from varrt.export.configs import VARConfig
 from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.policies import Policy, ScaleState, check_options, fractions, late_budgets
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options, fractions, late_budgets
 from varrt.runtime.selectors import high_pass, normalise, principal_projection, top_tokens
 
 OPTIONS = {
@@ -36,11 +35,11 @@ class StepVarPolicy(Policy):
     name = "stepvar"
 
     @classmethod
-    def from_options(cls, cfg: VARConfig, opts: dict[str, str]) -> StepVarPolicy:
+    def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> StepVarPolicy:
         check_options(cls.name, opts, OPTIONS)
         try:
             return cls(
-                cfg,
+                target,
                 fractions(opts.get("keep", "0.5/0.5"), "stepvar keep"),
                 float(opts.get("alpha", 0.5)),
                 int(opts.get("components", 1)),
@@ -49,13 +48,13 @@ class StepVarPolicy(Policy):
             raise PlanError(f"stepvar options {opts}: {e}") from None
 
     def __init__(
-        self, cfg: VARConfig, keep: tuple[float, ...] = (0.5, 0.5), alpha: float = 0.5, components: int = 1
+        self, target: PolicyTarget, keep: tuple[float, ...] = (0.5, 0.5), alpha: float = 0.5, components: int = 1
     ) -> None:
         if not 0 <= alpha <= 1 or components < 1:
             raise PlanError(f"stepvar: alpha must be in [0, 1] and components >= 1, got {alpha}, {components}")
         self.alpha, self.components = alpha, components
         plan = late_budgets(
-            cfg.schedule,
+            target.schedule,
             keep,
             "nearest",
             name="stepvar",
@@ -63,11 +62,11 @@ class StepVarPolicy(Policy):
         )
         super().__init__((plan,), {"keep": list(keep), "alpha": alpha, "components": components})
 
-    def scores(self, x: Tensor, side: int) -> Tensor:
-        texture = normalise(high_pass(x, side))
+    def scores(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        texture = normalise(high_pass(x, grid))
         structure = normalise(principal_projection(x, self.components))
         return self.alpha * texture + (1 - self.alpha) * structure
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
-        sched = state.engine.var_config.schedule
-        return top_tokens(self.scores(state.x.float(), sched.patch_nums[si]), plan.tokens(si, sched))
+        sched = state.schedule
+        return top_tokens(self.scores(state.x.float(), sched.grids[si]), plan.tokens(si, sched))

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from torch import Tensor
 
-from varrt.export.configs import VARConfig
 from varrt.runtime.plan import Plan, PlanError, ScalePlan
-from varrt.runtime.policies import Policy, ScaleState, check_options
-from varrt.runtime.selectors import keep_count, top_tokens
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options
+from varrt.runtime.selectors import keep_count, top_tokens, upsample_tokens
 
 OPTIONS = {
     "cutoff": "first pruned scale D (default SN - 2)",
@@ -60,26 +58,26 @@ class ToProVarPolicy(Policy):
     name = "toprovar"
 
     @classmethod
-    def from_options(cls, cfg: VARConfig, opts: dict[str, str]) -> ToProVarPolicy:
+    def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> ToProVarPolicy:
         check_options(cls.name, opts, OPTIONS)
         try:
             cutoff = int(opts["cutoff"]) if "cutoff" in opts else None
             probe = int(opts["probe"]) if "probe" in opts else None
             alphas = float(opts.get("alpha_min", 0.3)), float(opts.get("alpha_max", 0.6))
-            return cls(cfg, cutoff, probe, *alphas, skip=parse_blocks(opts.get("skip", "")))
+            return cls(target, cutoff, probe, *alphas, skip=parse_blocks(opts.get("skip", "")))
         except ValueError as e:
             raise PlanError(f"toprovar options {opts}: {e}") from None
 
     def __init__(
         self,
-        cfg: VARConfig,
+        target: PolicyTarget,
         cutoff: int | None = None,
         probe: int | None = None,
         alpha_min: float = 0.3,
         alpha_max: float = 0.6,
         skip: tuple[int, ...] = (),
     ) -> None:
-        sched = cfg.schedule
+        sched = target.schedule
         sn = sched.num_scales
         cutoff = sn - 2 if cutoff is None else cutoff
         probe = cutoff - 1 if probe is None else probe
@@ -87,16 +85,16 @@ class ToProVarPolicy(Policy):
             raise PlanError(f"toprovar: need 0 <= probe < cutoff < {sn}, got probe {probe}, cutoff {cutoff}")
         if not 0 <= alpha_min <= alpha_max < 1:
             raise PlanError(f"toprovar: need 0 <= alpha_min <= alpha_max < 1, got {alpha_min}, {alpha_max}")
-        if not all(0 <= b < cfg.depth for b in skip) or len(skip) >= cfg.depth:
-            raise PlanError(f"toprovar: skip must name some (not all) of the blocks 0..{cfg.depth - 1}, got {skip}")
-        layers = tuple(b for b in range(cfg.depth) if b not in skip) if skip else None
+        if not all(0 <= b < target.depth for b in skip) or len(skip) >= target.depth:
+            raise PlanError(f"toprovar: skip must name some (not all) of the blocks 0..{target.depth - 1}, got {skip}")
+        layers = tuple(b for b in range(target.depth) if b not in skip) if skip else None
         scales = []
         for si in range(sn):
             n = sched.tokens(si)
             if si < cutoff:
                 scales.append(ScalePlan())
                 continue
-            keep = 1 - (alpha_min + (alpha_max - alpha_min) * sched.ratio(si))
+            keep = 1 - (alpha_min + (alpha_max - alpha_min) * sched.progress(si))
             budget = keep_count(n, keep)
             pruned = dict(budget=budget, restore="cache") if budget < n else {}
             scales.append(ScalePlan(**pruned, layers=layers))
@@ -112,10 +110,9 @@ class ToProVarPolicy(Policy):
         super().__init__((plan,), knobs)
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
-        sched = state.engine.var_config.schedule
+        sched = state.schedule
         g = state.groups[0]
-        b, side = state.x.shape[0], sched.patch_nums[si]
-        ent = g.entropy[:b].mean(1)  # (b, n_probe): blocks weighted equally; conditional rows
-        grid = ent.reshape(b, 1, g.entropy_side, g.entropy_side)
-        up = torch.nn.functional.interpolate(grid, size=(side, side), mode="area").flatten(1)
-        return top_tokens(-up, plan.tokens(si, sched))  # keep the lowest entropy
+        b = state.x.shape[0]
+        ent = g.entropy[:b].mean(1, keepdim=True).transpose(1, 2)  # (b, n_probe, 1): blocks weighted equally
+        up = upsample_tokens(ent, g.entropy_grid, sched.grids[si]).squeeze(-1)
+        return top_tokens(-up, plan.tokens(si, sched))  # keep the lowest entropy; conditional rows
