@@ -571,7 +571,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from varrt.export.artifact import read_manifest
     from varrt.runtime.inspect import compare_backends
 
-    source = read_manifest(args.artifact).source
+    manifest = read_manifest(args.artifact)
+    if manifest.family != "var":
+        raise ValueError(
+            f"{args.artifact} is an {manifest.family} artifact; `varrt compare` covers VAR artifacts so far "
+            "(Infinity's backends are compared token for token by tests/test_infinity_generate.py)"
+        )
+    source = manifest.source
     if not (args.checkpoint or args.random_weights):  # the torch reference runs the weights the artifact came from
         if "var" in source and Path(source["var"]["path"]).exists() and Path(source["vae"]["path"]).exists():
             args.checkpoint, args.vae = Path(source["var"]["path"]), Path(source["vae"]["path"])

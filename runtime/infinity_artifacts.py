@@ -19,16 +19,16 @@ from varrt.export.graphs import GraphSpec
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig, InfinitySchedule
 from varrt.export.infinity_exporter import export_infinity_artifact
 from varrt.export.infinity_graphs import (
-    TextStepShape,
     infinity_conditioner_spec,
     infinity_decoder_spec,
-    infinity_transformer_spec,
+    infinity_step_spec,
     text_encoder_spec,
 )
 from varrt.runtime.artifacts import describe_mismatch, export_versions
 from varrt.runtime.bitwise import vae_grid
-from varrt.runtime.infinity_generate import InfinityPolicy, kv_slots
-from varrt.runtime.plan import spec_identity
+from varrt.runtime.infinity_generate import infinity_step_shape
+from varrt.runtime.plan import kv_capacity, spec_identity, step_shapes
+from varrt.runtime.policies import Policy
 from varrt.runtime.policies.infinity import make_infinity_policy
 
 
@@ -82,7 +82,7 @@ def required_infinity_graphs(
     cfg: InfinityConfig,
     vcfg: BSQVAEConfig,
     schedule: InfinitySchedule,
-    policies: Sequence[InfinityPolicy],
+    policies: Sequence[Policy],
     batch: int,
     text_length: int,
     negative: bool,
@@ -91,7 +91,7 @@ def required_infinity_graphs(
     """Every static graph the policies need, and the KV capacity they share. Adaptive policies
     split a batch into groups of any size 1..B after their decision: those sizes are exported too."""
     plans = [p for pol in policies for p in pol.plans]
-    cap = kv_slots(plans, schedule)
+    cap = kv_capacity(plans, schedule)
     graphs: dict[str, GraphSpec] = {}
 
     def add(spec: GraphSpec) -> None:
@@ -101,19 +101,13 @@ def required_infinity_graphs(
         add(text_encoder_spec(cfg.text_channels, rows, text_length))
     add(infinity_conditioner_spec(cfg, 2 * batch, text_length, precision))
     for pol in policies:
-        split_from = getattr(pol, "decision", None)
-        for plan in pol.plans:
-            cfg_on = True
-            for si, sp in enumerate(plan.scales):
-                cfg_on = cfg_on and sp.cfg == "both"
-                if not sp.run:
-                    continue
-                sizes = range(1, batch + 1) if split_from is not None and si > split_from else (batch,)
-                n = schedule.tokens(si)
-                for b in sizes:
-                    shape = TextStepShape(2 * b if cfg_on else b, n, n, cap, text_length)
-                    add(infinity_transformer_spec(cfg, shape, precision))
-        for spec in getattr(pol, "extra_graphs", lambda *_: [])(vcfg, batch, cfg.patchify):
+
+        def shape_of(plan, si, b, c):
+            return infinity_step_shape(plan, si, schedule, b, c, text_length)
+
+        for shape in step_shapes(pol.plans, schedule, batch, pol.split_from, cap, shape_of):
+            add(infinity_step_spec(cfg, shape, precision))
+        for spec in pol.extra_graphs(vcfg, batch, cfg.patchify):
             add(spec)
     add(infinity_decoder_spec(vcfg, batch, vae_grid(schedule.last, cfg.patchify)))
     return list(graphs.values()), cap
@@ -143,7 +137,7 @@ def ensure_infinity_artifact(
             )
     say("loading the torch models")
     model, vae, text_encoder = load_models()
-    policies = [make_infinity_policy(s, request.schedule) for s in request.policies]
+    policies = [make_infinity_policy(s, request.schedule, model.cfg.depth) for s in request.policies]
     graphs, cap = required_infinity_graphs(
         model.cfg,
         vae.cfg,

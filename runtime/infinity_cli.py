@@ -85,7 +85,7 @@ def _source(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate_infinity(args: argparse.Namespace) -> int:
-    from varrt.export.infinity_config import InfinitySchedule
+    from varrt.export.infinity_config import INFINITY_CONFIGS, InfinitySchedule
     from varrt.export.text_encoder import load_text_encoder, text_bucket
     from varrt.runtime.bitwise import BitwiseSampling
     from varrt.runtime.images import save_images
@@ -100,7 +100,8 @@ def cmd_generate_infinity(args: argparse.Namespace) -> int:
     sampling = BitwiseSampling(cfg=pick("cfg"), tau=pick("tau"), top_k=pick("top_k"), top_p=pick("top_p"))
     schedule = InfinitySchedule.for_ratio(args.h_div_w, args.pn)
     spec = args.plan or args.policy or "full"
-    policy = make_infinity_policy(spec, schedule)
+    if args.model in INFINITY_CONFIGS:  # a bad policy spec fails before any weights are loaded
+        make_infinity_policy(spec, schedule, INFINITY_CONFIGS[args.model].depth)
     tokenizer = load_text_encoder(args.text_encoder, load_model=False)
     texts = args.prompt + ([args.negative_prompt] if args.negative_prompt else [])
     _, mask = tokenizer.tokenize(texts, 512)
@@ -108,6 +109,7 @@ def cmd_generate_infinity(args: argparse.Namespace) -> int:
     if int(mask.sum(1).max()) > length:
         raise ValueError(f"a prompt has {int(mask.sum(1).max())} T5 tokens, more than --text-length {length}")
     engine = _engine(args, len(args.prompt), length, spec, schedule)
+    policy = make_infinity_policy(spec, schedule, engine.config.depth)
     name = engine.config.name or "infinity"
     with con.progress(schedule.num_scales, f"{name} [{engine.backend}, {policy.name}]", enabled=not args.quiet) as step:
         result = generate_infinity(

@@ -11,10 +11,12 @@
         x_{si+1} = down(summed);  the policy may move samples to other plans
     image = decoder(summed)
 
-Like :mod:`varrt.runtime.generate` (VAR), sampling, CFG and the code accumulation are the
-runtime's, shared by every backend; the KV cache keeps the conditional rows first so that a
-conditional-only scale reads ``kv[:B]``. Plans say per scale whether it runs and with which CFG
-branches; a skipped scale adds no codes (the image is decoded from what was accumulated).
+Like :mod:`varrt.runtime.generate` (VAR), sampling, CFG, token selection, restoration and the
+code accumulation are the runtime's, shared by every backend; the KV cache keeps the conditional
+rows first so that a conditional-only scale reads ``kv[:B]``. Policies and plans are the VAR
+ones (:mod:`varrt.runtime.policies`), built on the request's schedule: a plan says per scale
+whether it runs (a skipped scale adds no codes), its CFG branches, its token budget and
+restoration, its layer set; FastVAR plans run Infinity's FastVAR graph from the reference scale on.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ from varrt.engines.base import Engine
 from varrt.export.infinity import scale_positions, text_bias
 from varrt.export.infinity_config import InfinitySchedule
 from varrt.export.infinity_graphs import (
+    InfinityFastVarShape,
     TextStepShape,
     infinity_conditioner_spec,
     infinity_decoder_spec,
-    infinity_transformer_spec,
+    infinity_step_spec,
     text_encoder_spec,
 )
 from varrt.export.text_encoder import text_bucket
 from varrt.runtime.bitwise import BitwiseSampling, accumulate, bits_to_codes, next_input, sample_bits, vae_grid
-from varrt.runtime.generate import Group, regroup
-from varrt.runtime.plan import Plan, PlanError, ScalePlan
+from varrt.runtime.generate import Group, dense_fill, fastvar_deltas, regroup, restoration, select_budget
+from varrt.runtime.plan import Plan, PlanError, kv_capacity
+from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
 
 ScaleCallback = Callable[[int, int, float], None]
 
@@ -56,45 +60,83 @@ class TextGeneration:
     scale_seconds: list[float] = field(default_factory=list)
 
 
-def full_plan(schedule: InfinitySchedule) -> Plan:
-    return Plan("full", tuple(ScalePlan() for _ in schedule.grids), "the official sampler, unchanged")
+def infinity_step_shape(
+    plan: Plan, si: int, schedule: InfinitySchedule, batch: int, capacity: int, text: int
+) -> TextStepShape | InfinityFastVarShape:
+    """The static shape of one Infinity transformer call of ``plan`` at scale si (the counterpart
+    of VAR's :meth:`~varrt.runtime.plan.Plan.step_shape`, plus the text bucket)."""
+    rows, n = plan.rows(si, batch), schedule.tokens(si)
+    ref = plan.fastvar_reference
+    if plan.fastvar_blocks is not None and ref is not None and si >= ref:
+        return InfinityFastVarShape(rows, n, plan.tokens(si, schedule), capacity, text, plan.fastvar_blocks)
+    layers = plan.scales[si].layers
+    return TextStepShape(
+        rows, plan.tokens(si, schedule), n, capacity, text, probe=si == plan.probe_scale, layers=layers
+    )
 
 
-def validate_plan(plan: Plan, schedule: InfinitySchedule) -> None:
-    """What an Infinity plan may say today: which scales run and with which CFG branches."""
-    if len(plan.scales) != schedule.num_scales:
-        raise PlanError(
-            f"plan {plan.name!r} has {len(plan.scales)} scales, the schedule {schedule.grids} has {schedule.num_scales}"
-        )
-    if not plan.scales[0].run:
-        raise PlanError(f"plan {plan.name!r}: scale 0 must run (it starts the generation)")
-    for si, s in enumerate(plan.scales):
-        if s.cfg not in ("both", "cond"):
-            raise PlanError(f"plan {plan.name!r}, scale {si}: cfg {s.cfg!r} is not 'both' or 'cond'")
-        if (s.budget is not None and s.budget < schedule.tokens(si)) or s.layers is not None:
-            raise PlanError(
-                f"plan {plan.name!r}, scale {si}: token budgets and layer sets are not available for Infinity yet; "
-                "Infinity plans choose which scales run and their CFG branches"
-            )
-        if si and plan.scales[si - 1].cfg == "cond" and s.cfg == "both" and s.run:
-            raise PlanError(f"plan {plan.name!r}, scale {si}: CFG cannot come back once a scale dropped it")
+class InfinityScaleLoop:
+    """One generation's per-scale calls: the shape of each group's call, its feeds, its cache."""
 
+    def __init__(self, engine: Engine, policy: Policy, schedule: InfinitySchedule, capacity: int, text: int) -> None:
+        self.engine, self.policy, self.sched = engine, policy, schedule
+        self.capacity, self.text = capacity, text
+        self.latents: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))  # summed codes now, one scale earlier
 
-def kv_slots(plans: Sequence[Plan], schedule: InfinitySchedule) -> int:
-    """KV capacity: the most tokens any plan appends (the scales it runs)."""
-    return max(sum(schedule.tokens(si) for si, s in enumerate(p.scales) if s.run) for p in plans)
-
-
-class InfinityPolicy:
-    """A static policy: one plan for every sample (the base of the adaptive ones)."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plans = [plan]
-        self.name = plan.name
-
-    def after_scale(self, si: int, summed: Tensor, summed_prev: Tensor, engine: Engine) -> Tensor | None:
-        """(B,) plan indices to move samples to after scale si, or None to keep them where they are."""
-        return None
+    def run_group(self, g: Group, si: int, x_full: Tensor) -> Tensor:
+        """Run scale si for group g (x_full (b, N, d_vae) its input tokens): logits (R, N, 2d)."""
+        cfg, dev, sched = self.engine.config, self.engine.device, self.sched
+        plan = self.policy.plans[g.plan_idx]
+        sp = plan.scales[si]
+        if sp.cfg == "cond" and g.cfg_on:
+            g.drop_uncond()
+        shape = infinity_step_shape(plan, si, sched, g.b, self.capacity, self.text)
+        graph = infinity_step_spec(cfg, shape, self.engine.precision)
+        n_full = sched.tokens(si)
+        pos_full = scale_positions(sched, si).to(dev)
+        if isinstance(shape, InfinityFastVarShape):
+            zeros = torch.zeros(graph.input("deltas").shape, device=dev)
+            feeds = {
+                "x": g.rows(x_full),
+                "pos": pos_full.expand(shape.rows, n_full, 3),
+                **g.cond,
+                "kv": g.kv,
+                "kv_bias": g.kv_bias,
+                "keep_rank": torch.arange(shape.keep, device=dev),
+                "deltas": fastvar_deltas(g, plan, si, sched.grids, zeros),
+            }
+            out = self.engine.run(graph, feeds)
+            if si == plan.fastvar_reference:
+                g.deltas = out["new_deltas"].clone()  # engine outputs may be reused buffers
+            g.append(out["new_kv"], n_full, shape.keep, plan.fastvar_blocks)
+            return out["logits"]
+        if shape.tokens == n_full:
+            fill, mask, restore = dense_fill(shape.rows, g.b, n_full, cfg.width, dev)
+            x, pos = x_full, pos_full.expand(g.b, n_full, 3)
+        else:
+            now, before = self.latents
+            sel = g.samples.to(now.device)
+            state = ScaleState(si, g.samples, x_full, plan, self.engine, sched, now[sel], before[sel], [g])
+            local = select_budget(self.policy, plan, si, g, state)
+            x = torch.gather(x_full, 1, local.unsqueeze(-1).expand(-1, -1, x_full.shape[-1]))
+            pos = pos_full[local]
+            fill, mask, restore = restoration(sp.restore, local, g, sched.grids, si)
+        feeds = {
+            "x": g.rows(x),
+            "pos": g.rows(pos),
+            **g.cond,
+            "kv": g.kv,
+            "kv_bias": g.kv_bias[0],
+            "fill_idx": g.rows(fill),
+            "fill_mask": g.rows(mask),
+            "restore": restore,
+        }
+        out = self.engine.run(graph, feeds)
+        g.append(out["new_kv"], shape.tokens)
+        g.hidden = out["hidden"].clone()
+        if "entropy" in out:
+            g.entropy, g.entropy_grid = out["entropy"].clone(), sched.grids[si]
+        return out["logits"]
 
 
 def encode_prompts(engine: Engine, tokenizer, prompts: Sequence[str], negative: Sequence[str] | None, length: int):
@@ -115,7 +157,7 @@ def generate_infinity(
     negative_prompt: str | Sequence[str] | None = None,
     seed: int | None = 0,
     sampling: BitwiseSampling | None = None,
-    policy: InfinityPolicy | None = None,
+    policy: Policy | None = None,
     plan: Plan | None = None,
     schedule: InfinitySchedule | None = None,
     text_length: int | None = None,
@@ -136,16 +178,16 @@ def generate_infinity(
     if not prompts:
         raise ValueError("no prompt given")
     if policy is None:
-        policy = InfinityPolicy(plan or full_plan(sched))
+        policy = StaticPolicy(plan or Plan.full(sched))
     for p in policy.plans:
-        validate_plan(p, sched)
+        p.validate(sched, cfg.depth)
     b = len(prompts)
     negative = None
     if negative_prompt is not None:
         negative = [negative_prompt] * b if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negative) != b:
             raise ValueError(f"{len(negative)} negative prompts for {b} prompts (give one, or one per prompt)")
-    need = kv_slots(policy.plans, sched)
+    need = kv_capacity(policy.plans, sched)
     capacity = capacity or getattr(engine, "kv_capacity", None) or need
     if capacity < need:
         raise PlanError(f"KV capacity {capacity} is below what policy {policy.name!r} needs ({need})")
@@ -178,7 +220,8 @@ def generate_infinity(
 
     # ---- scales
     plans = policy.plans
-    kv_spec = infinity_transformer_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text_length), engine.precision)
+    loop = InfinityScaleLoop(engine, policy, sched, capacity, text_length)
+    kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text_length), engine.precision)
     allocate = getattr(engine, "allocate", None)
     kv_in = kv_spec.input("kv")
     kv = allocate(kv_in) if allocate else torch.zeros(kv_in.shape, dtype=kv_in.torch_dtype, device=dev)
@@ -192,36 +235,17 @@ def generate_infinity(
     summed_prev = summed
     for si, grid in enumerate(sched.grids):
         t0 = time.perf_counter()
+        loop.latents = (summed, summed_prev)
         summed_prev = summed
-        n = sched.tokens(si)
-        bits_all = torch.full((b, n, cfg.d_vae), -1, dtype=torch.int8)
+        bits_all = torch.full((b, sched.tokens(si), cfg.d_vae), -1, dtype=torch.int8)
         ran = False
         for g in groups:
-            sp = plans[g.plan_idx].scales[si]
-            if not sp.run:
+            if not plans[g.plan_idx].scales[si].run:
                 continue
             ran = True
-            if sp.cfg == "cond" and g.cfg_on:
-                g.drop_uncond()
-            rows = 2 * g.b if g.cfg_on else g.b
-            shape = TextStepShape(rows, n, n, capacity, text_length)
-            graph = infinity_transformer_spec(cfg, shape, engine.precision)
-            local = torch.arange(n, device=dev).expand(rows, n)
-            feeds = {
-                "x": g.rows(x_next[g.samples.to(dev)]),
-                "pos": scale_positions(sched, si).to(dev).expand(rows, n, 3),
-                **g.cond,
-                "kv": g.kv,
-                "kv_bias": g.kv_bias[0],
-                "fill_idx": local,
-                "fill_mask": torch.ones(rows, n, device=dev),
-                "restore": torch.zeros(rows, n, cfg.width, device=dev),
-            }
-            out = engine.run(graph, feeds)
-            g.kv[:, :, :, :, g.slot : g.slot + n] = out["new_kv"]
-            g.kv_bias[:, g.slot : g.slot + n] = 0.0
-            g.slot += n
-            bits, _ = sample_bits(out["logits"], g.b, sampling, rng)
+            logits = loop.run_group(g, si, x_next[g.samples.to(dev)])
+            g.logits = logits.reshape(logits.shape[0], -1, 2).clone()  # one 2-way distribution per bit
+            bits, _ = sample_bits(logits, g.b, sampling, rng)
             codes = bits_to_codes(bits, grid, cfg.patchify)
             sel = g.samples.to(dev)
             if si == sched.num_scales - 1 and codes.shape[-2:] != summed.shape[-2:]:
@@ -231,7 +255,8 @@ def generate_infinity(
         all_bits.append(bits_all if ran else None)
         if si + 1 < sched.num_scales:
             x_next = next_input(summed, sched.grids[si + 1], cfg.patchify)
-        assign = policy.after_scale(si, summed, summed_prev, engine)
+        state = ScaleState(si, torch.arange(b), x_next, None, engine, sched, summed, summed_prev, groups)
+        assign = policy.after_scale(state)
         if assign is not None:
             decisions.append({"scale": si, "plans": [plans[int(p)].name for p in assign]})
             groups = regroup(groups, assign, plans, si, policy.name)

@@ -83,14 +83,14 @@ def tiny_infinity_models():
 
 @pytest.fixture(scope="session")
 def infinity_artifact(tmp_path_factory, tiny_infinity_models) -> Path:
-    """One ORT export of the tiny Infinity for the full plan and a SkipVAR that decides after
-    scale 3 (batch 2, text bucket 16): every Infinity parity test runs on it."""
+    """One ORT export of the tiny Infinity for every policy (batch 2, text bucket 16): every
+    Infinity parity test runs on it."""
     from helpers import TINY_SCHEDULE
     from varrt.runtime.infinity_artifacts import InfinityExportRequest, ensure_infinity_artifact
 
     request = InfinityExportRequest(
         source={"random_weights": {"model": "tests.helpers.tiny_infinity()"}},
-        policies=("full", INFINITY_SKIPVAR),
+        policies=INFINITY_POLICIES,
         batch=2,
         schedule=TINY_SCHEDULE,
         text_length=16,
@@ -101,3 +101,5 @@ def infinity_artifact(tmp_path_factory, tiny_infinity_models) -> Path:
 
 #: SkipVAR on the 7-scale tiny schedule: decide after scale 3, decode at scale 2's grid
 INFINITY_SKIPVAR = "skipvar:decision=3,grid=2"
+#: every policy on the tiny Infinity (7 scales, 4 blocks), with their defaults
+INFINITY_POLICIES = ("full", INFINITY_SKIPVAR, "fastvar", "ld-pruning", "stepvar", "toprovar:skip=1", "stagevar")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
-from conftest import INFINITY_SKIPVAR
+from conftest import INFINITY_POLICIES, INFINITY_SKIPVAR
 
 from helpers import TINY_SCHEDULE, tiny_bsq_vae, tiny_infinity
 from varrt.engines.ort_engine import OrtEngine
@@ -92,7 +93,7 @@ def test_torch_and_ort_draw_identical_bits(torch_engine, tiny_infinity_models, i
 def test_skipvar_decides_the_same_on_both_backends(torch_engine, tiny_infinity_models, infinity_artifact):
     te = tiny_infinity_models[2]
     ort = OrtEngine(infinity_artifact)
-    policy = make_infinity_policy(INFINITY_SKIPVAR, TINY_SCHEDULE)
+    policy = make_infinity_policy(INFINITY_SKIPVAR, TINY_SCHEDULE, 4)
     seen = set()
     for seed in (0, 1, 2, 3):
         kw = dict(schedule=TINY_SCHEDULE, text_length=16, seed=seed, policy=policy)
@@ -110,17 +111,96 @@ def test_skipvar_decides_the_same_on_both_backends(torch_engine, tiny_infinity_m
 
 def test_published_skipvar_on_the_1024_schedule_and_bad_policies():
     sched = InfinitySchedule.for_ratio(1.0, "1M")
-    policy = make_infinity_policy("skipvar:threshold=0.88", sched)
+    policy = make_infinity_policy("skipvar:threshold=0.88", sched, 32)
     assert policy.decision == 9 and policy.grid == (8, 8) and len(policy.plans) == 7
     # the published decision map: little late high-frequency change -> skip 3; strong -> uncond
     assert policy.decide(torch.tensor([[0.03, 0.49], [0.22, 0.60]])).tolist()[0] == 3
-    with pytest.raises(PlanError, match="not available for Infinity yet"):
-        make_infinity_policy("ld-pruning", sched)
+    with pytest.raises(PlanError, match="unknown policy 'ld-prune'"):
+        make_infinity_policy("ld-prune", sched, 32)
     with pytest.raises(PlanError, match="no published model"):
-        make_infinity_policy("skipvar:threshold=0.5", sched)
+        make_infinity_policy("skipvar:threshold=0.5", sched, 32)
 
 
-def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_artifact):
+@pytest.mark.parametrize("h_div_w", [1.0, 0.5])
+def test_published_fastvar_settings_on_infinity_2b(h_div_w):
+    """615/1024 and 800/1600 at 32x32 and 40x40 in blocks 3-27, reference 24x24, 48 and 64 not run;
+    by scale index, so a 1:2 template gets the same treatment (the released code keys on widths)."""
+    sched = InfinitySchedule.for_ratio(h_div_w, "1M")
+    plan = make_infinity_policy("fastvar", sched, 32).plans[0]
+    assert plan.fastvar_blocks == (3, 28) and plan.fastvar_reference == 8
+    budgets = [s.budget for s in plan.scales[9:11]]
+    assert [s.run for s in plan.scales] == [True] * 11 + [False] * 2
+    if h_div_w == 1.0:
+        assert sched.grids[8] == (24, 24) and budgets == [615, 800]
+    else:
+        assert budgets == [sched.tokens(9) - int(0.4 * sched.tokens(9)), sched.tokens(10) - sched.tokens(10) // 2]
+
+
+def test_every_policy_builds_on_every_template():
+    """The VAR policies read (h, w) grids: each one plans on every aspect-ratio template."""
+    from varrt.export.infinity_config import TEMPLATES
+
+    for ratio in TEMPLATES:
+        sched = InfinitySchedule.for_ratio(ratio, "1M")
+        for spec in ("fastvar", "skipvar", "ld-pruning", "stepvar", "toprovar", "stagevar", "skipvar+stepvar"):
+            for plan in make_infinity_policy(spec, sched, 32).plans:
+                plan.validate(sched, 32)
+
+
+class Spy:
+    """An engine that records the graphs it runs (the torch backend does the work)."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.calls = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def run(self, graph, feeds):
+        self.calls.append(graph.name)
+        return self.engine.run(graph, feeds)
+
+
+def test_policies_run_their_own_graphs(torch_engine, tiny_infinity_models):
+    """What each policy's plans say reaches the engine: budgets, the FastVAR graph, the probe, the
+    layer set, the skipped scales, the conditional-only rows."""
+    te = tiny_infinity_models[2]
+
+    def steps(spec: str) -> list[str]:
+        spy = Spy(torch_engine)
+        policy = make_infinity_policy(spec, TINY_SCHEDULE, 4)
+        generate_infinity(spy, te, PROMPTS, schedule=TINY_SCHEDULE, text_length=16, policy=policy)
+        return [c for c in spy.calls if c.startswith("infinity_transformer")]
+
+    fast = steps("fastvar")  # scales 0-1 plain, 2 (reference) dense FastVAR, 3-4 pruned, 5-6 not run
+    assert len(fast) == 5 and all("fastvar" in c for c in fast[2:])
+    assert "_n36_k22_" in fast[3] and "_n64_k32_" in fast[4]
+    step = steps("stepvar")  # the last two scales keep half their tokens
+    assert "_n72_m144_" in step[5] and "_n128_m256_" in step[6]
+    topro = steps("toprovar:skip=1")
+    assert topro[4].startswith("infinity_transformer_probe") and topro[5].startswith("infinity_transformer_layers")
+    stage = steps("stagevar")  # conditional-only rows from scale 5
+    assert stage[4].startswith("infinity_transformer_r4_") and stage[5].startswith("infinity_transformer_r2_")
+
+
+@pytest.mark.parametrize("spec", [p for p in INFINITY_POLICIES if p not in ("full", INFINITY_SKIPVAR)])
+def test_policies_decide_and_sample_the_same_on_torch_and_ort(
+    spec, torch_engine, tiny_infinity_models, infinity_artifact
+):
+    te = tiny_infinity_models[2]
+    ort = OrtEngine(infinity_artifact)
+    policy = make_infinity_policy(spec, TINY_SCHEDULE, 4)
+    for seed in (0, 1):
+        kw = dict(schedule=TINY_SCHEDULE, text_length=16, seed=seed, policy=policy)
+        a = generate_infinity(torch_engine, te, PROMPTS, **kw)
+        b = generate_infinity(ort, te, PROMPTS, **kw)
+        assert a.decisions == b.decisions and a.plans == b.plans
+        for si, (x, y) in enumerate(zip(a.bits, b.bits)):
+            assert (x is None and y is None) or torch.equal(x, y), f"{spec}, seed {seed}, scale {si}"
+        torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
+
+
+def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_artifact, capsys):
     from varrt.runtime.cli import main
 
     model, vae, te = tiny_infinity_models
@@ -135,7 +215,10 @@ def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_art
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["000.png", "001.png"]
     from PIL import Image
 
-    a = torch.tensor(list(Image.open(tmp_path / "a" / "000.png").getdata()))
-    b = torch.tensor(list(Image.open(tmp_path / "b" / "000.png").getdata()))
+    a = torch.from_numpy(np.array(Image.open(tmp_path / "a" / "000.png"))).int()
+    b = torch.from_numpy(np.array(Image.open(tmp_path / "b" / "000.png"))).int()
     assert (a - b).abs().max() <= 1
     assert main([*common, "--backend", "torch", "--out", str(tmp_path / "c")]) == 2  # no checkpoint: one-line error
+    # `varrt compare` is VAR-only so far: an Infinity artifact gets one line saying so, not a traceback
+    assert main(["compare", str(infinity_artifact), "--backends", "torch,ort"]) == 2
+    assert "covers VAR artifacts" in capsys.readouterr().err
