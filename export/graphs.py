@@ -17,6 +17,7 @@ Exporter, engines and runtime all read shapes from here, so they cannot drift ap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +123,7 @@ class StepShape:
     capacity: int
     probe: bool = False  # also return the attention entropy (ToProVAR's probe scale): another graph
     layers: tuple[int, ...] | None = None  # the blocks that run (a layer set); None = all: another graph
+    base: ClassVar[str] = "transformer"  # the family's plain step component; _probe / _layers derive from it
 
     def __post_init__(self) -> None:
         if self.probe and self.layers is not None:
@@ -130,8 +132,8 @@ class StepShape:
     @property
     def component(self) -> str:
         if self.layers is not None:
-            return "transformer_layers"
-        return "transformer_probe" if self.probe else "transformer"
+            return f"{self.base}_layers"
+        return f"{self.base}_probe" if self.probe else self.base
 
     @property
     def name(self) -> str:
@@ -147,12 +149,12 @@ class FastVarShape:
     keep: int
     capacity: int
     blocks: tuple[int, int]  # the pruned blocks [first, last): part of the graph's structure
-    component = "transformer_fastvar"
+    component: ClassVar[str] = "transformer_fastvar"
 
     @property
     def name(self) -> str:
         a, b = self.blocks
-        return f"transformer_fastvar_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}_t{self.capacity}"
+        return f"{self.component}_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}_t{self.capacity}"
 
 
 def conditioner_name(rows: int) -> str:

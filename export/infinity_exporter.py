@@ -56,10 +56,10 @@ def trace_spec(
         return infinity_conditioner_spec(cfg, 3, lt, precision)
     if component in ("infinity_transformer", "infinity_transformer_probe", "infinity_transformer_layers"):
         probe = component == "infinity_transformer_probe"
-        shape = TextStepShape(3, 5, 7, 11, lt, probe=probe, layers=blocks)
+        shape = TextStepShape(3, 5, 7, 11, probe=probe, layers=blocks, text=lt)
         return infinity_transformer_spec(cfg, shape, precision)
     if component == "infinity_transformer_fastvar":
-        return infinity_fastvar_spec(cfg, InfinityFastVarShape(3, 7, 5, 11, lt, blocks), precision)
+        return infinity_fastvar_spec(cfg, InfinityFastVarShape(3, 7, 5, 11, blocks, text=lt), precision)
     return infinity_decoder_spec(vae.cfg, 2, (4, 6))
 
 

@@ -20,12 +20,13 @@ Lt (a bucket, see :func:`varrt.export.text_encoder.text_bucket`). The scale ente
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from varrt.export.bsq_vae import BSQVAE
-from varrt.export.graphs import GraphSpec, TensorSpec
+from varrt.export.graphs import FastVarShape, GraphSpec, StepShape, TensorSpec
 from varrt.export.infinity import Infinity, TextConditioning
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig
 
@@ -42,53 +43,29 @@ INFINITY_COMPONENTS = (
 
 
 @dataclass(frozen=True)
-class TextStepShape:
-    """One Infinity transformer call: ``rows`` (2B with CFG, B without), ``tokens`` computed,
-    ``outputs`` positions returned, ``capacity`` KV slots, ``text`` tokens of the prompt bucket."""
+class TextStepShape(StepShape):
+    """One Infinity transformer call: VAR's :class:`~varrt.export.graphs.StepShape` (rows,
+    tokens, outputs, capacity, probe, layers) plus ``text``, the tokens of the prompt bucket."""
 
-    rows: int
-    tokens: int
-    outputs: int
-    capacity: int
-    text: int
-    probe: bool = False  # also return the self-attention entropy per block: another graph
-    layers: tuple[int, ...] | None = None  # the blocks that run (a layer set); None = all: another graph
-
-    def __post_init__(self) -> None:
-        if self.probe and self.layers is not None:
-            raise ValueError("a probe graph runs every block (its entropy is per block)")
-
-    @property
-    def component(self) -> str:
-        if self.layers is not None:
-            return "infinity_transformer_layers"
-        return "infinity_transformer_probe" if self.probe else "infinity_transformer"
+    text: int = field(kw_only=True)
+    base: ClassVar[str] = "infinity_transformer"
 
     @property
     def name(self) -> str:
-        return f"{self.component}_r{self.rows}_n{self.tokens}_m{self.outputs}_t{self.capacity}_l{self.text}"
+        return f"{super().name}_l{self.text}"
 
 
 @dataclass(frozen=True)
-class InfinityFastVarShape:
-    """One FastVAR call on Infinity: ``tokens`` of the scale, ``keep`` per pruned sub-block, the
-    pruned ``blocks`` [first, last) (part of the graph's structure), ``text`` tokens."""
+class InfinityFastVarShape(FastVarShape):
+    """One FastVAR call on Infinity: VAR's :class:`~varrt.export.graphs.FastVarShape` (rows,
+    tokens, keep, capacity, pruned blocks) plus ``text``, the tokens of the prompt bucket."""
 
-    rows: int
-    tokens: int
-    keep: int
-    capacity: int
-    text: int
-    blocks: tuple[int, int]
-    component = "infinity_transformer_fastvar"
+    text: int = field(kw_only=True)
+    component: ClassVar[str] = "infinity_transformer_fastvar"
 
     @property
     def name(self) -> str:
-        a, b = self.blocks
-        return (
-            f"infinity_transformer_fastvar_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}"
-            f"_t{self.capacity}_l{self.text}"
-        )
+        return f"{super().name}_l{self.text}"
 
 
 def text_encoder_spec(text_channels: int, rows: int, length: int) -> GraphSpec:

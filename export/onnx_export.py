@@ -42,19 +42,14 @@ _INFINITY_TOKENS = {
     "text_bias": {0: "rows", 1: "text"},
 }
 _INFINITY_STEP = {**_STEP, **_INFINITY_TOKENS}
+_FASTVAR = {"kv_bias": {1: "capacity"}, "keep_rank": {0: "keep"}, "deltas": {0: "rows", 3: "tokens"}}
 COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
     # the probe and layer-set graphs take the plain step's inputs
     "transformer": _STEP,
     "transformer_probe": _STEP,
     "transformer_layers": _STEP,
-    "transformer_fastvar": {
-        **_TOKENS,
-        **_CONDITIONED,
-        "kv_bias": {1: "capacity"},
-        "keep_rank": {0: "keep"},
-        "deltas": {0: "rows", 3: "tokens"},
-    },
+    "transformer_fastvar": {**_TOKENS, **_CONDITIONED, **_FASTVAR},
     "decoder": {"f_hat": {0: "batch", 2: "side", 3: "side"}},
     # Infinity
     "text_encoder": {"input_ids": {0: "rows", 1: "text"}, "attention_mask": {0: "rows", 1: "text"}},
@@ -67,13 +62,7 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "infinity_transformer": _INFINITY_STEP,
     "infinity_transformer_probe": _INFINITY_STEP,
     "infinity_transformer_layers": _INFINITY_STEP,
-    "infinity_transformer_fastvar": {
-        **_INFINITY_TOKENS,
-        **_CONDITIONED,
-        "kv_bias": {1: "capacity"},
-        "keep_rank": {0: "keep"},
-        "deltas": {0: "rows", 3: "tokens"},
-    },
+    "infinity_transformer_fastvar": {**_INFINITY_TOKENS, **_CONDITIONED, **_FASTVAR},
     "infinity_decoder": {"codes": {0: "batch", 2: "height", 3: "width"}},
 }
 _DIM_MAX = {

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
 from varrt.engines.base import Engine
+from varrt.export.graphs import FastVarShape
 from varrt.export.infinity import scale_positions, text_bias
 from varrt.export.infinity_config import InfinitySchedule
 from varrt.export.infinity_graphs import (
@@ -63,16 +64,11 @@ class TextGeneration:
 def infinity_step_shape(
     plan: Plan, si: int, schedule: InfinitySchedule, batch: int, capacity: int, text: int
 ) -> TextStepShape | InfinityFastVarShape:
-    """The static shape of one Infinity transformer call of ``plan`` at scale si (the counterpart
-    of VAR's :meth:`~varrt.runtime.plan.Plan.step_shape`, plus the text bucket)."""
-    rows, n = plan.rows(si, batch), schedule.tokens(si)
-    ref = plan.fastvar_reference
-    if plan.fastvar_blocks is not None and ref is not None and si >= ref:
-        return InfinityFastVarShape(rows, n, plan.tokens(si, schedule), capacity, text, plan.fastvar_blocks)
-    layers = plan.scales[si].layers
-    return TextStepShape(
-        rows, plan.tokens(si, schedule), n, capacity, text, probe=si == plan.probe_scale, layers=layers
-    )
+    """The static shape of one Infinity transformer call of ``plan`` at scale si: VAR's
+    :meth:`~varrt.runtime.plan.Plan.step_shape` plus the text bucket."""
+    shape = plan.step_shape(si, schedule, batch, capacity)
+    family = InfinityFastVarShape if isinstance(shape, FastVarShape) else TextStepShape
+    return family(**asdict(shape), text=text)
 
 
 class InfinityScaleLoop:
@@ -221,7 +217,7 @@ def generate_infinity(
     # ---- scales
     plans = policy.plans
     loop = InfinityScaleLoop(engine, policy, sched, capacity, text_length)
-    kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text_length), engine.precision)
+    kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text=text_length), engine.precision)
     allocate = getattr(engine, "allocate", None)
     kv_in = kv_spec.input("kv")
     kv = allocate(kv_in) if allocate else torch.zeros(kv_in.shape, dtype=kv_in.torch_dtype, device=dev)

@@ -9,7 +9,7 @@ import torch
 from test_state_dict_listings import listing_of, read_listing
 
 from helpers import TINY_SCHEDULE, tiny_bsq_vae, tiny_infinity
-from varrt.engines.compare import slot_order_free
+from varrt.engines.compare import random_feeds, slot_order_free
 from varrt.export.bsq_vae import BSQVAE
 from varrt.export.checkpoint import CheckpointError
 from varrt.export.graphs import GraphSpec, TensorSpec
@@ -217,18 +217,18 @@ def _scale_inputs(model, si=4, b=2, spread=True):
 
 def test_shapes_names_and_specs():
     cfg = tiny_infinity().cfg
-    plain = TextStepShape(4, 64, 64, 521, 16)
+    plain = TextStepShape(4, 64, 64, 521, text=16)
     assert plain.component == "infinity_transformer" and plain.name == "infinity_transformer_r4_n64_m64_t521_l16"
-    probe = TextStepShape(4, 64, 64, 521, 16, probe=True)
+    probe = TextStepShape(4, 64, 64, 521, text=16, probe=True)
     assert probe.name == "infinity_transformer_probe_r4_n64_m64_t521_l16"
     spec = infinity_step_spec(cfg, probe)
     assert spec.outputs[-1] == TensorSpec("entropy", (4, 4, 64), "float32") and spec.blocks is None
-    layers = infinity_step_spec(cfg, TextStepShape(4, 64, 64, 521, 16, layers=(0, 2)))
+    layers = infinity_step_spec(cfg, TextStepShape(4, 64, 64, 521, text=16, layers=(0, 2)))
     assert layers.component == "infinity_transformer_layers" and layers.blocks == (0, 2)
     assert [t.name for t in layers.outputs] == ["logits", "new_kv", "hidden"]
     with pytest.raises(ValueError, match="probe graph runs every block"):
-        TextStepShape(4, 64, 64, 521, 16, probe=True, layers=(0,))
-    fast = InfinityFastVarShape(4, 64, 32, 521, 16, (1, 3))
+        TextStepShape(4, 64, 64, 521, text=16, probe=True, layers=(0,))
+    fast = InfinityFastVarShape(4, 64, 32, 521, (1, 3), text=16)
     assert fast.name == "infinity_transformer_fastvar_b1-3_r4_n64_k32_t521_l16"
     spec = infinity_step_spec(cfg, fast)
     assert spec.component == "infinity_transformer_fastvar" and spec.blocks == (1, 3)
@@ -348,36 +348,6 @@ def test_fastvar_prunes_each_sub_block_to_its_pivotal_tokens():
 
 
 # ------------------------------------------------------------------ the new graphs through ONNX Runtime
-def _random_feeds(graph: GraphSpec, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Valid inputs for any Infinity step graph: positions of the schedule, some live slots, a
-    padded prompt, tokens with spread norms (FastVAR's ranks are then far from ties)."""
-    g = torch.Generator().manual_seed(seed)
-    shapes = {t.name: t.shape for t in graph.inputs}
-    feeds = {}
-    for t in graph.inputs:
-        if t.name == "pos":
-            r, n, _ = t.shape
-            feeds[t.name] = torch.cat(
-                (torch.full((r, n, 1), 5), torch.randint(0, 16, (r, n, 2), generator=g)), -1
-            ).long()
-        elif t.name == "fill_idx":
-            feeds[t.name] = torch.randint(0, shapes["x"][1], t.shape, generator=g)
-        elif t.name == "fill_mask":
-            feeds[t.name] = (torch.rand(t.shape, generator=g) < 0.7).float()
-        elif t.name == "keep_rank":
-            feeds[t.name] = torch.arange(t.shape[0])
-        elif t.name in ("kv_bias", "text_bias"):
-            live = torch.rand(t.shape, generator=g) < 0.6
-            live[..., 0] = True
-            feeds[t.name] = torch.where(live, 0.0, -torch.inf)
-        else:
-            scale = 0.1 if t.name in ("ada", "head_ada", "deltas") else 1.0
-            feeds[t.name] = (torch.randn(t.shape, generator=g) * scale).to(t.torch_dtype)
-    n = shapes["x"][1]
-    feeds["x"] = feeds["x"] * (1 + torch.randperm(n, generator=g)).view(1, n, 1)
-    return feeds
-
-
 def test_new_step_graphs_through_onnx_runtime(tmp_path):
     """Probe, layer-set and FastVAR graphs exported and run by ONNX Runtime match eager torch. Two
     blocks (the export's cost is per block): block 1 alone runs in the layer set, and is pruned."""
@@ -389,9 +359,9 @@ def test_new_step_graphs_through_onnx_runtime(tmp_path):
     model, vae = tiny_infinity(depth=2), tiny_bsq_vae()
     cfg = model.cfg
     shapes = [
-        TextStepShape(2, 16, 20, 21, 16, probe=True),
-        TextStepShape(2, 16, 16, 21, 16, layers=(1,)),
-        InfinityFastVarShape(2, 16, 6, 21, 16, (1, 2)),
+        TextStepShape(2, 16, 20, 21, text=16, probe=True),
+        TextStepShape(2, 16, 16, 21, text=16, layers=(1,)),
+        InfinityFastVarShape(2, 16, 6, 21, (1, 2), text=16),
     ]
     graphs = [infinity_step_spec(cfg, s) for s in shapes]
     out = tmp_path / "artifact"
@@ -408,7 +378,7 @@ def test_new_step_graphs_through_onnx_runtime(tmp_path):
     ort, eager = OrtEngine(out), InfinityTorchEngine(model, vae)
     for graph in graphs:
         assert ort.has_graph(graph) and eager.has_graph(graph)
-        feeds = _random_feeds(graph)
+        feeds = random_feeds(graph, TINY_SCHEDULE.total_tokens, 0)
         ref, got = eager.run(graph, feeds), ort.run(graph, feeds)
         for spec in graph.outputs:
             r, c = ref[spec.name], got[spec.name]

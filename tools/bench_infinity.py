@@ -61,7 +61,7 @@ def run_scales(run, cfg, sched, scales: int, cond: dict, inputs: list[torch.Tens
     seconds, logits, slot = [], [], 0
     for si in range(scales):
         n = sched.tokens(si)
-        spec = infinity_transformer_spec(cfg, TextStepShape(rows, n, n, cap, lt))
+        spec = infinity_transformer_spec(cfg, TextStepShape(rows, n, n, cap, text=lt))
         feeds = step_feeds(cfg, sched, si, cond, kv, kv_bias, inputs[si])
         t0 = time.perf_counter()
         out = run(spec, feeds)
@@ -118,7 +118,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="varrt-bench-"))
     graphs = [cond_spec] + [
-        infinity_transformer_spec(cfg, TextStepShape(rows, sched.tokens(si), sched.tokens(si), cap, lt))
+        infinity_transformer_spec(cfg, TextStepShape(rows, sched.tokens(si), sched.tokens(si), cap, text=lt))
         for si in range(args.scales)
     ]
     t0 = time.perf_counter()
