@@ -135,8 +135,6 @@ def export_artifact(
                 logs.append(f"== {comp}\n" + export_component(module, spec, path, config.opset))
                 exported[comp] = path
         components, static = write_graphs(exported, graphs, work, logs, say)
-        if "transformer_fastvar" in components:
-            components["transformer_fastvar"]["blocks"] = list(components_of(graphs)["transformer_fastvar"])
 
         quant = {k: v.float() for k, v in vqvae.quantize.state_dict().items()}
         save_safetensors(quant, work / QUANTIZER, {"vqvae": vqvae.cfg.to_dict()})
@@ -170,7 +168,8 @@ def write_graphs(
     exported: dict[str, Path], graphs: Sequence[GraphSpec], work: Path, logs: list[str], say: Progress
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """From the traced components in ``exported`` to the artifact's graphs: one shared weights file,
-    the component graphs, every static shape, all checked. Returns (components, static graphs)."""
+    the component graphs (with their static block structure, where they have one), every static
+    shape, all checked. Returns (components, static graphs)."""
     say("merge weights")
     models = merge_weights(exported, work, WEIGHTS)
     shutil.rmtree(next(iter(exported.values())).parent)
@@ -183,6 +182,9 @@ def write_graphs(
             "sha256": file_sha256(work / f"{comp}.onnx", use_cache=False),
             "weight_bytes": weight_bytes(model),
         }
+    for spec in graphs:
+        if spec.blocks is not None:
+            components[spec.component]["blocks"] = list(spec.blocks)
     static = {}
     for spec in graphs:
         say(f"specialise {spec.name}")

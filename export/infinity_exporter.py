@@ -94,10 +94,9 @@ def export_infinity_artifact(
                 chunk.to(dtype)
         raw = work / "raw"
         raw.mkdir()
-        wanted = components_of(graphs, INFINITY_COMPONENTS)
         exported, logs = {}, []
         with torch.no_grad():
-            for comp, blocks in wanted.items():
+            for comp, blocks in components_of(graphs, INFINITY_COMPONENTS).items():
                 say(f"export {comp}")
                 module = infinity_graph_module(comp, model_x, vae, text_encoder, blocks)
                 spec = trace_spec(comp, model, vae, config.precision, blocks)
@@ -106,8 +105,6 @@ def export_infinity_artifact(
                 logs.append(f"== {comp}\n" + export_component(module, spec, path, config.opset, dim_max))
                 exported[comp] = path
         components, static = write_graphs(exported, graphs, work, logs, say)
-        if "infinity_transformer_fastvar" in components:
-            components["infinity_transformer_fastvar"]["blocks"] = list(wanted["infinity_transformer_fastvar"])
         manifest = Manifest(
             var=None,
             vqvae=None,

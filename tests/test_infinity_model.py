@@ -375,6 +375,8 @@ def test_new_step_graphs_through_onnx_runtime(tmp_path):
         "infinity_transformer_fastvar",
     ]
     assert manifest.components["infinity_transformer_fastvar"]["blocks"] == [1, 2]
+    assert manifest.components["infinity_transformer_layers"]["blocks"] == [1]
+    assert "blocks" not in manifest.components["infinity_transformer_probe"]
     ort, eager = OrtEngine(out), InfinityTorchEngine(model, vae)
     for graph in graphs:
         assert ort.has_graph(graph) and eager.has_graph(graph)
