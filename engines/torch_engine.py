@@ -38,10 +38,11 @@ class TorchEngine:
         return graph.component in COMPONENTS
 
     def module(self, graph: GraphSpec) -> torch.nn.Module:
-        key = (graph.component, graph.blocks)
-        if key not in self._modules:
-            self._modules[key] = graph_module(graph.component, self.var, self.vqvae, graph.blocks)
-        return self._modules[key]
+        if graph.structure not in self._modules:
+            self._modules[graph.structure] = graph_module(
+                graph.component, self.var, self.vqvae, graph.blocks, graph.returns_deltas
+            )
+        return self._modules[graph.structure]
 
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -71,13 +72,12 @@ class InfinityTorchEngine:
         return graph.component in INFINITY_COMPONENTS
 
     def module(self, graph: GraphSpec) -> torch.nn.Module:
-        """One module per (component, blocks): a layer set or a pruned range is graph structure."""
-        key = (graph.component, graph.blocks)
-        if key not in self._modules:
-            self._modules[key] = infinity_graph_module(
-                graph.component, self.model, self.vae, self.text_encoder, graph.blocks
+        """One module per structure: a layer set or a pruned range is graph structure."""
+        if graph.structure not in self._modules:
+            self._modules[graph.structure] = infinity_graph_module(
+                graph.component, self.model, self.vae, self.text_encoder, graph.blocks, graph.returns_deltas
             )
-        return self._modules[key]
+        return self._modules[graph.structure]
 
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:

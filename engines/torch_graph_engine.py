@@ -65,11 +65,10 @@ class TorchGraphEngine:
         return graph.component in COMPONENTS
 
     def _module(self, graph: GraphSpec) -> torch.nn.Module:
-        key = (graph.component, graph.blocks)
-        if key not in self._modules:
-            m = graph_module(graph.component, self.var, self.vqvae, graph.blocks)
-            self._modules[key] = torch.compile(m, dynamic=False) if self.compile else m
-        return self._modules[key]
+        if graph.structure not in self._modules:
+            m = graph_module(graph.component, self.var, self.vqvae, graph.blocks, graph.returns_deltas)
+            self._modules[graph.structure] = torch.compile(m, dynamic=False) if self.compile else m
+        return self._modules[graph.structure]
 
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -70,6 +70,12 @@ class TensorSpec:
             )
 
 
+#: the version of the graph contract, part of every export key: bump it when a graph's inputs,
+#: outputs or meaning change, so that no cached export of the old contract is reused
+#: (2: FastVAR's pruned scales return no deltas)
+GRAPH_CONTRACT = 2
+
+
 @dataclass(frozen=True)
 class GraphSpec:
     name: str
@@ -103,6 +109,15 @@ class GraphSpec:
 
     def input(self, name: str) -> TensorSpec:
         return next(t for t in self.inputs if t.name == name)
+
+    @property
+    def structure(self) -> tuple:
+        """What fixes the module behind a graph (shapes aside): an eager engine keeps one per structure."""
+        return self.component, self.blocks, tuple(t.name for t in self.outputs)
+
+    @property
+    def returns_deltas(self) -> bool:
+        return any(t.name == "new_deltas" for t in self.outputs)
 
     def check_feeds(self, feeds: dict[str, Tensor]) -> None:
         names = {t.name for t in self.inputs}
@@ -149,12 +164,16 @@ class FastVarShape:
     keep: int
     capacity: int
     blocks: tuple[int, int]  # the pruned blocks [first, last): part of the graph's structure
+    # only the reference scale's deltas are read (by the pruned scales after it): the other calls
+    # leave them out, which spares writing (R, depth, 2 or 3, N, C) floats per call
+    returns_deltas: bool = True
     component: ClassVar[str] = "transformer_fastvar"
 
     @property
     def name(self) -> str:
         a, b = self.blocks
-        return f"{self.component}_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}_t{self.capacity}"
+        tail = "" if self.returns_deltas else "_nodeltas"
+        return f"{self.component}_b{a}-{b}_r{self.rows}_n{self.tokens}_k{self.keep}_t{self.capacity}{tail}"
 
 
 def conditioner_name(rows: int) -> str:
@@ -228,7 +247,7 @@ def fastvar_spec(cfg: VARConfig, shape: FastVarShape, dtype: str = "float32") ->
         (
             TensorSpec("logits", (r, n, cfg.vocab_size), "float32"),
             TensorSpec("new_kv", (r, cfg.depth, 2, cfg.heads, n, cfg.head_dim), dtype),
-            TensorSpec("new_deltas", (r, cfg.depth, 2, n, cfg.width), "float32"),
+            *((TensorSpec("new_deltas", (r, cfg.depth, 2, n, cfg.width), "float32"),) if shape.returns_deltas else ()),
         ),
         blocks=shape.blocks,
     )
@@ -275,13 +294,13 @@ class TransformerGraph(nn.Module):
 class FastVarGraph(nn.Module):
     """FastVAR's step with the pruned blocks baked in (they are part of the graph's structure)."""
 
-    def __init__(self, var: VAR, pruned: range) -> None:
+    def __init__(self, var: VAR, pruned: range, returns_deltas: bool = True) -> None:
         super().__init__()
-        self.var, self.pruned = var, pruned
+        self.var, self.pruned, self.returns_deltas = var, pruned, returns_deltas
 
     def forward(self, x, pos_idx, sos, ada, head_ada, kv, kv_bias, keep_rank, deltas):
         cond = Conditioning(sos, ada, head_ada)
-        return self.var.step_fastvar(x, pos_idx, cond, kv, kv_bias, keep_rank, deltas, self.pruned)
+        return self.var.step_fastvar(x, pos_idx, cond, kv, kv_bias, keep_rank, deltas, self.pruned, self.returns_deltas)
 
 
 class DecoderGraph(nn.Module):
@@ -294,7 +313,11 @@ class DecoderGraph(nn.Module):
 
 
 def graph_module(
-    component: str, var: VAR | None, vqvae: VQVAE | None, blocks: tuple[int, ...] | None = None
+    component: str,
+    var: VAR | None,
+    vqvae: VQVAE | None,
+    blocks: tuple[int, ...] | None = None,
+    returns_deltas: bool = True,
 ) -> nn.Module:
     if component == "conditioner":
         return ConditionerGraph(var)
@@ -307,7 +330,7 @@ def graph_module(
     if component == "transformer_fastvar":
         if blocks is None:
             raise ValueError("a FastVAR graph needs its pruned block range")
-        return FastVarGraph(var, range(*blocks))
+        return FastVarGraph(var, range(*blocks), returns_deltas)
     if component == "decoder":
         return DecoderGraph(vqvae)
     raise ValueError(f"unknown component {component!r}")

@@ -320,7 +320,8 @@ class Infinity(nn.Module):
         keep_rank: Tensor,
         deltas: Tensor,
         pruned: range,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        returns_deltas: bool = True,
+    ) -> tuple[Tensor, ...]:
         """FastVAR on Infinity: in the blocks ``pruned``, each of the three sub-blocks runs on its
         k pivotal tokens only.
 
@@ -332,7 +333,8 @@ class Infinity(nn.Module):
         tokens add no KV: a pruned block returns its k tokens' keys/values in slots 0..k-1 of its n
         (zeros after), so ``kv_bias`` is per block (depth, T). Returns logits (R, n, V), new_kv
         (R, depth, 2, H, n, d) and this scale's deltas (R, depth, 3, n, C) of every block, the cache
-        a reference scale (run with k = n) hands to later ones.
+        a reference scale (run with k = n) hands to later ones; without ``returns_deltas`` (the
+        pruned scales, whose deltas nobody reads) only logits and new_kv.
         """
         h = self.embed(x, pos, cond.sos)
         rope = self.rope(pos)
@@ -364,8 +366,10 @@ class Infinity(nn.Module):
                 d_ffn = blk.ffn_branch(h, ada)
             h = h + d_ffn
             new_kv.append(torch.stack((kk, vv), dim=1))
-            new_deltas.append(torch.stack((d_sa, d_ca, d_ffn), dim=1))
-        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), torch.stack(new_deltas, dim=1)
+            if returns_deltas:
+                new_deltas.append(torch.stack((d_sa, d_ca, d_ffn), dim=1))
+        out = self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
+        return (*out, torch.stack(new_deltas, dim=1)) if returns_deltas else out
 
     def empty_kv(self, rows: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg

@@ -154,7 +154,7 @@ def infinity_fastvar_spec(cfg: InfinityConfig, shape: InfinityFastVarShape, dtyp
         (
             TensorSpec("logits", (r, n, cfg.vocab), "float32"),
             _kv(cfg, r, n, dtype, "new_kv"),
-            TensorSpec("new_deltas", deltas, "float32"),
+            *((TensorSpec("new_deltas", deltas, "float32"),) if shape.returns_deltas else ()),
         ),
         blocks=shape.blocks,
     )
@@ -208,13 +208,15 @@ class InfinityTransformerGraph(nn.Module):
 class InfinityFastVarGraph(nn.Module):
     """FastVAR's step with the pruned blocks baked in (they are part of the graph's structure)."""
 
-    def __init__(self, model: Infinity, pruned: range) -> None:
+    def __init__(self, model: Infinity, pruned: range, returns_deltas: bool = True) -> None:
         super().__init__()
-        self.model, self.pruned = model, pruned
+        self.model, self.pruned, self.returns_deltas = model, pruned, returns_deltas
 
     def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, keep_rank, deltas):
         cond = TextConditioning(sos, ada, head_ada, ca_kv)
-        return self.model.step_fastvar(x, pos, cond, text_bias, kv, kv_bias, keep_rank, deltas, self.pruned)
+        return self.model.step_fastvar(
+            x, pos, cond, text_bias, kv, kv_bias, keep_rank, deltas, self.pruned, self.returns_deltas
+        )
 
 
 class InfinityDecoderGraph(nn.Module):
@@ -227,7 +229,12 @@ class InfinityDecoderGraph(nn.Module):
 
 
 def infinity_graph_module(
-    component: str, model: Infinity, vae: BSQVAE, text_encoder=None, blocks: tuple[int, ...] | None = None
+    component: str,
+    model: Infinity,
+    vae: BSQVAE,
+    text_encoder=None,
+    blocks: tuple[int, ...] | None = None,
+    returns_deltas: bool = True,
 ) -> nn.Module:
     """The module whose forward is ``component``'s graph (``text_encoder``: a
     :class:`~varrt.export.text_encoder.TextEncoder`; ``blocks``: the layer set of a layer-set
@@ -249,7 +256,7 @@ def infinity_graph_module(
     if component == "infinity_transformer_fastvar":
         if blocks is None:
             raise ValueError("a FastVAR graph needs its pruned block range")
-        return InfinityFastVarGraph(model, range(*blocks))
+        return InfinityFastVarGraph(model, range(*blocks), returns_deltas)
     if component == "infinity_decoder":
         return InfinityDecoderGraph(vae)
     raise ValueError(f"unknown Infinity component {component!r}")

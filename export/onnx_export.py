@@ -180,10 +180,13 @@ def _set_shape(value_info: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:
 
 
 def specialize(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
-    """The component graph with every dim fixed to ``spec``'s shapes and its Shape ops folded."""
+    """The component graph with every dim fixed to ``spec``'s shapes and its Shape ops folded;
+    outputs the spec leaves out are dropped with the nodes and weights only they needed."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     by_name = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    if any(o.name not in by_name for o in m.graph.output):
+        _drop_outputs(m.graph, {t.name for t in spec.outputs})
     for vi in (*m.graph.input, *m.graph.output):
         _set_shape(vi, by_name[vi.name].shape)
     del m.graph.value_info[:]
@@ -205,6 +208,26 @@ def specialize(model: onnx.ModelProto, spec: GraphSpec) -> onnx.ModelProto:
     del m.graph.value_info[:]
     m.graph.name = spec.name
     return onnx.shape_inference.infer_shapes(m, strict_mode=False)
+
+
+def _drop_outputs(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """Keep only the outputs in ``keep``, then the nodes they depend on and the weights those read."""
+    outputs = [o for o in graph.output if o.name in keep]
+    del graph.output[:]
+    graph.output.extend(outputs)
+    needed, nodes = set(keep), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            nodes.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:  # a subgraph (If/Loop body) may read outer names
+                for g in (attr.g, *attr.graphs):
+                    needed.update(i for n in g.node for i in n.input)
+    del graph.node[:]
+    graph.node.extend(reversed(nodes))
+    inits = [t for t in graph.initializer if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:

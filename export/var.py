@@ -336,7 +336,8 @@ class VAR(nn.Module):
         keep_rank: Tensor,
         deltas: Tensor,
         pruned: range,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        returns_deltas: bool = True,
+    ) -> tuple[Tensor, ...]:
         """FastVAR: in the blocks ``pruned``, each sub-block runs on its k pivotal tokens only.
 
         Before each sub-block of a pruned block the k tokens farthest from the mean token are
@@ -346,7 +347,8 @@ class VAR(nn.Module):
         returns its k tokens' keys/values in slots 0..k-1 of its N, and ``kv_bias`` is per block
         (depth, T) so each block sees only its own live slots. Returns logits (R, N, V), new_kv
         (R, depth, 2, H, N, head_dim) and this scale's deltas (R, depth, 2, N, C), the cache a
-        reference scale hands to later ones.
+        reference scale hands to later ones; without ``returns_deltas`` (the pruned scales,
+        whose deltas nobody reads) only logits and new_kv.
         """
         h = self.embed(x, pos_idx, cond.sos)
         n = h.shape[1]
@@ -370,8 +372,10 @@ class VAR(nn.Module):
                 d2 = blk.ffn_branch(h, ada)
             h = h + d2
             new_kv.append(torch.stack((k, v), dim=1))
-            new_deltas.append(torch.stack((d, d2), dim=1))
-        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), torch.stack(new_deltas, dim=1)
+            if returns_deltas:
+                new_deltas.append(torch.stack((d, d2), dim=1))
+        out = self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
+        return (*out, torch.stack(new_deltas, dim=1)) if returns_deltas else out
 
     def empty_kv(self, batch: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         """A zeroed KV cache of ``capacity`` slots and its all-empty bias."""

@@ -31,7 +31,7 @@ from varrt.export.artifact import (
 )
 from varrt.export.configs import VARConfig, VQVAEConfig
 from varrt.export.exporter import ExportConfig, ExportError, export_artifact
-from varrt.export.graphs import GraphSpec, conditioner_spec, decoder_spec, step_spec
+from varrt.export.graphs import GRAPH_CONTRACT, GraphSpec, conditioner_spec, decoder_spec, step_spec
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 from varrt.runtime.plan import kv_capacity, spec_identity, step_shapes
@@ -70,6 +70,7 @@ def export_versions() -> dict:
 
     return {
         "varrt": varrt_version(),
+        "graph_contract": GRAPH_CONTRACT,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxscript": onnxscript.__version__,

@@ -234,7 +234,8 @@ class Plan:
         if self.fastvar_blocks is not None and ref is not None and si >= ref:
             # from the reference scale on (it hands its deltas to the pruned scales); the dense scales
             # before it run the plain graph, which skips FastVAR's per-sub-block ranking
-            return FastVarShape(rows, n, self.tokens(si, schedule), capacity, self.fastvar_blocks)
+            keep = self.tokens(si, schedule)
+            return FastVarShape(rows, n, keep, capacity, self.fastvar_blocks, returns_deltas=si == ref)
         layers = self.scales[si].layers
         return StepShape(rows, self.tokens(si, schedule), n, capacity, probe=si == self.probe_scale, layers=layers)
 

@@ -128,6 +128,9 @@ def test_published_fastvar_settings_on_infinity_2b(h_div_w):
     sched = InfinitySchedule.for_ratio(h_div_w, "1M")
     plan = make_infinity_policy("fastvar", sched, 32).plans[0]
     assert plan.fastvar_blocks == (3, 28) and plan.fastvar_reference == 8
+    # only the reference scale returns its deltas (the pruned scales read them); the others do not
+    shapes = {si: plan.step_shape(si, sched, 1, 10_000) for si in (8, 9, 10)}
+    assert [shapes[si].returns_deltas for si in (8, 9, 10)] == [True, False, False]
     budgets = [s.budget for s in plan.scales[9:11]]
     assert [s.run for s in plan.scales] == [True] * 11 + [False] * 2
     if h_div_w == 1.0:

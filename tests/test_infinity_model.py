@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import onnx
 import pytest
 import torch
 from test_state_dict_listings import listing_of, read_listing
@@ -312,6 +313,9 @@ def test_fastvar_prunes_each_sub_block_to_its_pivotal_tokens():
     rank = torch.arange(keep)
     deltas = torch.randn(b, depth, 3, n, c, generator=torch.Generator().manual_seed(9)) * 0.1
     logits, new_kv, new_deltas = model.step_fastvar(x, pos, cond, tbias, kv, bias, rank, deltas, range(1, 3))
+    # a pruned scale's call leaves its deltas out and computes the same logits and keys/values
+    lean = model.step_fastvar(x, pos, cond, tbias, kv, bias, rank, deltas, range(1, 3), returns_deltas=False)
+    assert len(lean) == 2 and torch.equal(lean[0], logits) and torch.equal(lean[1], new_kv)
     assert logits.shape == (b, n, model.cfg.vocab) and torch.isfinite(logits).all()
     assert (new_kv[:, 1:3, :, :, keep:] == 0).all() and (new_kv[:, 1:3, :, :, :keep] != 0).any()
     # pruned sub-blocks: n - k positions of every row take the cached delta
@@ -362,6 +366,7 @@ def test_new_step_graphs_through_onnx_runtime(tmp_path):
         TextStepShape(2, 16, 20, 21, text=16, probe=True),
         TextStepShape(2, 16, 16, 21, text=16, layers=(1,)),
         InfinityFastVarShape(2, 16, 6, 21, (1, 2), text=16),
+        InfinityFastVarShape(2, 16, 6, 21, (1, 2), returns_deltas=False, text=16),
     ]
     graphs = [infinity_step_spec(cfg, s) for s in shapes]
     out = tmp_path / "artifact"
@@ -377,6 +382,10 @@ def test_new_step_graphs_through_onnx_runtime(tmp_path):
     assert manifest.components["infinity_transformer_fastvar"]["blocks"] == [1, 2]
     assert manifest.components["infinity_transformer_layers"]["blocks"] == [1]
     assert "blocks" not in manifest.components["infinity_transformer_probe"]
+    # the static graph of a pruned scale drops the deltas output and the nodes only it needed
+    with_deltas, lean = (onnx.load(out / f"{g.name}.onnx", load_external_data=False) for g in graphs[2:])
+    assert [o.name for o in lean.graph.output] == ["logits", "new_kv"]
+    assert len(lean.graph.node) < len(with_deltas.graph.node)
     ort, eager = OrtEngine(out), InfinityTorchEngine(model, vae)
     for graph in graphs:
         assert ort.has_graph(graph) and eager.has_graph(graph)

@@ -88,6 +88,10 @@ def test_fastvar_plan_uses_the_published_shape_of_settings():
     plan = make_policy("fastvar", var_config("var-d16")).plans[0]
     assert [s.budget for s in plan.scales[-3:]] == [None, 85, 64]
     assert plan.fastvar_blocks == (2, 14) and plan.fastvar_reference == 7
+    sched = var_config("var-d16").schedule
+    shapes = [plan.step_shape(si, sched, 1, 680) for si in (6, 7, 8, 9)]
+    assert [type(s).__name__ for s in shapes] == ["StepShape", "FastVarShape", "FastVarShape", "FastVarShape"]
+    assert [s.returns_deltas for s in shapes[1:]] == [True, False, False]  # only the reference hands deltas on
     assert keep_count(1024, 0.6) == 615 and keep_count(1600, 0.5) == 800  # Infinity-2B's published counts
 
 

@@ -62,7 +62,10 @@ def main() -> None:
                 "full": infinity_step_spec(cfg, TextStepShape(fast_shape.rows, n, n, cap, text=lt)),
                 "fastvar": infinity_step_spec(cfg, fast_shape),
             }
-            modules = {k: infinity_graph_module(g.component, model, None, None, g.blocks) for k, g in graphs.items()}
+            modules = {
+                k: infinity_graph_module(g.component, model, None, None, g.blocks, g.returns_deltas)
+                for k, g in graphs.items()
+            }
             feeds = {k: random_feeds(g, sched.total_tokens, 0, seed=si) for k, g in graphs.items()}
             feeds["fastvar"]["kv"] = feeds["full"]["kv"]  # one cache for both (1.3 GB at 2B, scale 9): less memory
             # the cache holds every earlier scale's tokens, as in a real generation
