@@ -5,10 +5,12 @@
 The published Infinity setting (``fastvar`` with its defaults: keep 615/1024 tokens at 32x32 and
 800/1600 at 40x40 in blocks 3-27) prunes the large scales, which the first-scales benchmark
 (``bench_infinity.py``) does not reach. This times one transformer call at each scale in
-``--scales`` twice: the plain graph computing every token, and the FastVAR graph of the published
-plan, with the KV cache of every earlier scale, batch 1 with CFG (2 rows) and ``--text`` prompt
-tokens. The two calls alternate within each repeat, so drift hits both; the ratio is taken per
-repeat. Inputs are :func:`varrt.engines.compare.random_feeds` (cost does not depend on values).
+``--scales`` three times: the plain graph computing every token, the FastVAR graph of the
+published plan, and the same FastVAR call also returning its residual deltas (what a pruned scale
+wrote before graph contract 2; only the reference scale's are read), with the KV cache of every
+earlier scale, batch 1 with CFG (2 rows) and ``--text`` prompt tokens. The calls alternate within
+each repeat, so drift hits all; ratios are taken per repeat. Inputs are
+:func:`varrt.engines.compare.random_feeds` (cost does not depend on values).
 Results go to ``benchmarks/results/<model>-fastvar-step-s<scales>.{json,md}``.
 """
 
@@ -19,6 +21,7 @@ import datetime as _dt
 import json
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,19 +64,21 @@ def main() -> None:
             graphs = {
                 "full": infinity_step_spec(cfg, TextStepShape(fast_shape.rows, n, n, cap, text=lt)),
                 "fastvar": infinity_step_spec(cfg, fast_shape),
+                "fastvar+deltas": infinity_step_spec(cfg, replace(fast_shape, returns_deltas=True)),
             }
             modules = {
                 k: infinity_graph_module(g.component, model, None, None, g.blocks, g.returns_deltas)
                 for k, g in graphs.items()
             }
             feeds = {k: random_feeds(g, sched.total_tokens, 0, seed=si) for k, g in graphs.items()}
-            feeds["fastvar"]["kv"] = feeds["full"]["kv"]  # one cache for both (1.3 GB at 2B, scale 9): less memory
+            for k in ("fastvar", "fastvar+deltas"):  # one cache for all (1.3 GB at 2B, scale 9): less memory
+                feeds[k]["kv"] = feeds["full"]["kv"]
             # the cache holds every earlier scale's tokens, as in a real generation
             earlier = sum(sched.tokens(s) for s in range(si))
             for k, g in graphs.items():
                 live = (torch.arange(cap) < earlier).float().log()
                 feeds[k]["kv_bias"] = live.expand(g.input("kv_bias").shape).contiguous()
-            times: dict[str, list[float]] = {"full": [], "fastvar": []}
+            times: dict[str, list[float]] = {k: [] for k in graphs}
             for r in range(args.warmup + args.repeat):
                 for k, g in graphs.items():
                     t0 = time.perf_counter()
@@ -82,11 +87,13 @@ def main() -> None:
                     print(f"scale {si} {k} pass {r}: {dt:.2f} s", flush=True)
                     if r >= args.warmup:
                         times[k].append(dt)
-            ratios = [f / p for f, p in zip(times["full"], times["fastvar"])]
+            ratio = lambda a, b, t=times: stats([x / y for x, y in zip(t[a], t[b])])  # noqa: E731
             rows.append({
                 "scale": si, "grid": sched.grids[si], "tokens": n, "keep": fast_shape.keep,
                 "pruned_blocks": list(fast_shape.blocks), "kv_slots_live": earlier,
-                "full": stats(times["full"]), "fastvar": stats(times["fastvar"]), "full_over_fastvar": stats(ratios),
+                **{k: stats(v) for k, v in times.items()},
+                "full_over_fastvar": ratio("full", "fastvar"),
+                "fastvar_with_deltas_over_fastvar": ratio("fastvar+deltas", "fastvar"),
             })  # fmt: skip
 
     result = {
@@ -111,17 +118,20 @@ def main() -> None:
         f"# {args.model}: FastVAR step vs full step (torch eager, CPU) — random weights",
         "",
         f"{result['what']}. Machine: {result['machine']}. Versions: {result['versions']}. Commit {result['commit']}.",
-        f"Warm-up {args.warmup}, repeats {args.repeat}, the two calls alternating; median (p10-p90) in ms; the "
-        "ratio is taken per repeat.",
+        f"Warm-up {args.warmup}, repeats {args.repeat}, the three calls alternating; median (p10-p90) in ms; "
+        "ratios are taken per repeat.",
         "",
-        "| scale | grid | keep / tokens | pruned blocks | full ms | FastVAR ms | full / FastVAR |",
-        "|---|---|---|---|---|---|---|",
+        "| scale | grid | keep / tokens | pruned blocks | full ms | FastVAR ms | full / FastVAR "
+        "| FastVAR + deltas ms | (FastVAR + deltas) / FastVAR |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in rows:
-        (h, w), (a, b), q = p["grid"], p["pruned_blocks"], p["full_over_fastvar"]
+        (h, w), (a, b) = p["grid"], p["pruned_blocks"]
+        q = lambda s: f"{s['median']:.2f} ({s['p10']:.2f}-{s['p90']:.2f})"  # noqa: E731
         lines.append(
             f"| {p['scale']} | {h}x{w} | {p['keep']}/{p['tokens']} | {a}-{b - 1} | {ms(p['full'])} | "
-            f"{ms(p['fastvar'])} | {q['median']:.2f} ({q['p10']:.2f}-{q['p90']:.2f}) |"
+            f"{ms(p['fastvar'])} | {q(p['full_over_fastvar'])} | {ms(p['fastvar+deltas'])} | "
+            f"{q(p['fastvar_with_deltas_over_fastvar'])} |"
         )
     lines += ["", f"Peak RSS {result['peak_rss_gb']:.1f} GB."]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
