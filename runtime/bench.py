@@ -108,6 +108,33 @@ def git_commit() -> str:
         return "unknown"
 
 
+def provenance(warmup: int, repeat: int) -> dict:
+    """What every benchmark result records about where and how it was measured."""
+    command = " ".join(["varrt", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("varrt") else " ".join(sys.argv)
+    return {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "commit": git_commit(),
+        "machine": machine(),
+        "versions": versions(),
+        "warmup": warmup,
+        "repeat": repeat,
+    }
+
+
+def write_results(stem: Path, texts: dict[str, str]) -> list[Path]:
+    """``stem`` + each suffix with its text, each written to a temporary name first, then renamed."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for suffix, text in texts.items():
+        p = stem.with_suffix(suffix)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+        paths.append(p)
+    return paths
+
+
 def kv_bytes(engine: Engine, policy: Policy, batch: int) -> int:
     cfg = engine.var_config
     cap = engine.kv_capacity or max(p.capacity(cfg.schedule) for p in policy.plans)
@@ -197,13 +224,7 @@ def run_bench(
             config.sampling,
         )
     return {
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["varrt", *sys.argv[1:]])
-        if sys.argv and sys.argv[0].endswith("varrt")
-        else " ".join(sys.argv),
-        "commit": git_commit(),
-        "machine": machine(),
-        "versions": versions(),
+        **provenance(config.warmup, config.repeat),
         "model": {
             "name": cfg.label,
             "depth": cfg.depth,
@@ -214,8 +235,6 @@ def run_bench(
         "batch": len(config.labels),
         "labels": config.labels,
         "sampling": {"cfg": config.sampling.cfg, "top_k": config.sampling.top_k, "top_p": config.sampling.top_p},
-        "warmup": config.warmup,
-        "repeat": config.repeat,
         "results": results,
         "backend_ratios": ratios,
         "fidelity": fidelity,
@@ -329,13 +348,6 @@ def plots(report: dict, stem: Path) -> list[Path]:
 
 
 def write_report(report: dict, directory: Path, name: str) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
     stem = directory / name
-    paths = []
-    for suffix, text in ((".json", json.dumps(report, indent=1)), (".md", markdown(report))):
-        p = stem.with_suffix(suffix)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
-        paths.append(p)
+    paths = write_results(stem, {".json": json.dumps(report, indent=1), ".md": markdown(report)})
     return paths + plots(report, stem)

@@ -15,7 +15,6 @@ at every scale (the torch run's), so the per-scale logits are compared too.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import resource
@@ -34,7 +33,7 @@ from varrt.export.infinity_graphs import (
     infinity_conditioner_spec,
     infinity_transformer_spec,
 )
-from varrt.runtime.bench import git_commit, machine, stats, versions
+from varrt.runtime.bench import provenance, stats, write_results
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -158,21 +157,14 @@ def main() -> None:
     result = {
         "what": f"{args.model} transformer steps, scales 0..{args.scales - 1} of the 1024 px schedule, batch 1 with "
         f"CFG (2 rows), {lt} text tokens; RANDOM WEIGHTS (timing only)",
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
-        "commit": git_commit(),
-        "warmup": args.warmup,
-        "repeat": args.repeat,
+        **provenance(args.warmup, args.repeat),
         "export_seconds": export_s,
         "conditioner_max_abs_diff": cond_diff,
         "per_scale": per_scale,
         "total": {"torch": total_t, "ort": total_o, "torch_over_ort": total_t["median"] / total_o["median"]},
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{args.model}-scales{args.scales}-torch-vs-ort"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     ms = lambda s: f"{s['median'] * 1e3:.0f} ({s['p10'] * 1e3:.0f}-{s['p90'] * 1e3:.0f})"  # noqa: E731
     lines = [
         f"# {args.model}: torch eager vs ONNX Runtime (CPU), per scale — random weights",
@@ -192,7 +184,7 @@ def main() -> None:
         "",
         f"Export of the conditioner + transformer graphs: {export_s:.0f} s. Peak RSS {result['peak_rss_gb']:.1f} GB.",
     ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(stem, {".json": json.dumps(result, indent=1), ".md": "\n".join(lines) + "\n"})
     print("\n".join(lines))
 
 

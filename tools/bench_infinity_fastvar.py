@@ -17,7 +17,6 @@ Results go to ``benchmarks/results/<model>-fastvar-step-s<scales>.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import resource
 import time
@@ -30,7 +29,7 @@ from varrt.engines.compare import random_feeds
 from varrt.export.infinity import Infinity
 from varrt.export.infinity_config import INFINITY_CONFIGS, InfinitySchedule
 from varrt.export.infinity_graphs import TextStepShape, infinity_graph_module, infinity_step_spec
-from varrt.runtime.bench import git_commit, machine, stats, versions
+from varrt.runtime.bench import provenance, stats, write_results
 from varrt.runtime.infinity_generate import infinity_step_shape
 from varrt.runtime.policies.infinity import make_infinity_policy
 
@@ -99,20 +98,11 @@ def main() -> None:
     result = {
         "what": f"{args.model} one transformer call per scale, full vs FastVAR (published Infinity setting), torch "
         f"eager on CPU, batch 1 with CFG (2 rows), {lt} text tokens; RANDOM WEIGHTS (timing only)",
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(),
-        "commit": git_commit(),
-        "warmup": args.warmup,
-        "repeat": args.repeat,
+        **provenance(args.warmup, args.repeat),
         "per_scale": rows,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{args.model}-fastvar-step-s{'-'.join(map(str, scales))}"
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(stem.with_suffix(".json"))
     ms = lambda s: f"{s['median'] * 1e3:.0f} ({s['p10'] * 1e3:.0f}-{s['p90'] * 1e3:.0f})"  # noqa: E731
     lines = [
         f"# {args.model}: FastVAR step vs full step (torch eager, CPU) — random weights",
@@ -134,7 +124,7 @@ def main() -> None:
             f"{q(p['fastvar_with_deltas_over_fastvar'])} |"
         )
     lines += ["", f"Peak RSS {result['peak_rss_gb']:.1f} GB."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_results(stem, {".json": json.dumps(result, indent=1), ".md": "\n".join(lines) + "\n"})
     print("\n".join(lines))
 
 
