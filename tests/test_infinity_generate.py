@@ -225,3 +225,39 @@ def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_art
     # `varrt compare` is VAR-only so far: an Infinity artifact gets one line saying so, not a traceback
     assert main(["compare", str(infinity_artifact), "--backends", "torch,ort"]) == 2
     assert "covers VAR artifacts" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ FLOPs
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        # infinity-flops.md, 1024 px, Lt = 64, one branch, GFLOPs: scale -> (linear, self-attn + cross-attn QK/AV)
+        ("infinity-2b", {0: (3.8, 0.02), 9: (3848.3, 676.7 + 17.18), 12: (15393.2, 11296.8 + 68.72)}),
+        ("infinity-8b", {4: (920.7, 4.4 + 2.35), 12: (58927.0, 24711.8 + 150.32)}),
+    ],
+)
+def test_plan_flops_match_infinity_flops_doc(model, expected):
+    from varrt.export.infinity_config import INFINITY_CONFIGS
+    from varrt.runtime.flops import conditioner_flops, plan_flops
+    from varrt.runtime.plan import Plan
+
+    cfg, sched = INFINITY_CONFIGS[model], InfinitySchedule.for_ratio(1.0, "1M")
+    flops = plan_flops(cfg, Plan.full(sched), 1, sched, text=64)
+    for si, (linear, attention) in expected.items():
+        half = flops[si].linear / 2e9, flops[si].attention / 2e9  # both CFG rows counted
+        assert half == pytest.approx((linear, attention), rel=2e-3, abs=0.05), si
+    # the text's keys and values: once per generation here, once per scale in the official code;
+    # the conditioner adds the text projection and AdaLN (a few % on top)
+    kv_proj = {"infinity-2b": 34.36, "infinity-8b": 131.53}[model]
+    assert kv_proj < conditioner_flops(cfg, 1, 64) / 2e9 < 1.05 * kv_proj
+
+
+def test_plan_show_on_infinity(capsys):
+    from varrt.runtime.cli import main
+
+    assert main(["plan", "show", "fastvar", "--model", "infinity-2b", "--h-div-w", "0.5"]) == 0
+    out = capsys.readouterr().err  # the console writes to stderr
+    assert "infinity-2b" in out and "blocks [3, 28)" in out and "skip" in out
+    sched = InfinitySchedule.for_ratio(0.5, "1M")
+    h, w = sched.grids[9]
+    assert f"{h}x{w}" in out and f"/{h * w}" in out  # the template's rectangular grid and its budget

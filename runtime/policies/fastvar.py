@@ -15,7 +15,7 @@ Infinity's block band (prune blocks round(3/32 D) .. round(28/32 D): 2..14 of 16
 is a knob: ``fastvar:keep=0.5/0.25,blocks=2-14,reference=7``.
 
 On Infinity the published settings are the default: ``keep=0.6/0.5,skip=2`` — 615/1024 and 800/1600
-at scales 9 and 10 of 13, reference scale 8 (24x24), blocks 3-28 of 32, the last two scales not run
+at scales 9 and 10 of 13, reference scale 8 (24x24), blocks [3, 28) of 32, the last two scales not run
 (the image is decoded from the codes accumulated up to 40x40). The released code keys its rules on
 the grid width (32/40 prune, 48/64 skip), so it accelerates only square schedules; here they key on
 the scale index, so every aspect-ratio template gets the same treatment. In Infinity blocks the
@@ -86,7 +86,7 @@ class FastVarPolicy(Policy):
             "fastvar",
             tuple(scales),
             f"FastVAR: keep {'/'.join(map(str, keep))} of scales {first}-{first + len(keep) - 1} in blocks "
-            f"{blocks[0]}-{blocks[1]}, reference scale {reference}{skipped}",
+            f"[{blocks[0]}, {blocks[1]}), reference scale {reference}{skipped}",
             fastvar_blocks=tuple(blocks),
             fastvar_reference=reference,
         )
