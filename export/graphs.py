@@ -70,10 +70,10 @@ class TensorSpec:
             )
 
 
-#: the version of the graph contract, part of every export key: bump it when a graph's inputs,
-#: outputs or meaning change, so that no cached export of the old contract is reused
-#: (2: FastVAR's pruned scales return no deltas)
-GRAPH_CONTRACT = 2
+#: the version of the exported graphs, part of every export key: bump it when a graph's inputs,
+#: outputs, meaning or ops change, so that no cached export of an older version is reused
+#: (2: FastVAR's pruned scales return no deltas; 3: token gathers/scatters as GatherND/ScatterND)
+GRAPH_CONTRACT = 3
 
 
 @dataclass(frozen=True)
