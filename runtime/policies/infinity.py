@@ -23,7 +23,6 @@ from varrt.export.infinity_config import BSQVAEConfig, InfinitySchedule
 from varrt.export.infinity_graphs import infinity_decoder_spec
 from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, make_policy
 from varrt.runtime.policies.skipvar import SkipVarPolicy
-from varrt.runtime.selectors import high_frequency_difference, high_frequency_ratio
 
 
 class InfinitySkipVar(SkipVarPolicy):
@@ -36,18 +35,14 @@ class InfinitySkipVar(SkipVarPolicy):
     def extra_graphs(self, vcfg: BSQVAEConfig, batch: int, patchify: bool = False) -> list[GraphSpec]:
         return [infinity_decoder_spec(vcfg, 2 * batch, self._vae_grid(patchify))]
 
-    def features(self, state: ScaleState) -> Tensor:
-        """(B, F): diff_hf and hf_ratio of every sample, on images in [-1, 1] (the official scale)."""
+    def small_decodes(self, state: ScaleState) -> Tensor:
+        """The summed codes one scale earlier and now, trilinearly down-sampled (Infinity's own
+        down-sampling) and decoded by the BSQ decoder: (2B, 3, h, w) in [0, 1]."""
         engine = state.engine
-        b = state.f_hat.shape[0]
         size = self._vae_grid(engine.config.patchify)
         both = torch.cat((state.f_hat_prev, state.f_hat)).unsqueeze(2)
         small = F.interpolate(both, size=(1, *size), mode="trilinear").squeeze(2)
-        images = engine.run(infinity_decoder_spec(engine.vae_config, 2 * b, size), {"codes": small})["image"]
-        images = images.float().cpu() * 2 - 1
-        old, new = images[:b], images[b:]
-        feats = torch.stack((high_frequency_difference(new, old), high_frequency_ratio(new)), 1)
-        return feats[:, : len(self.models["skip"]["mean"])]
+        return engine.run(infinity_decoder_spec(engine.vae_config, small.shape[0], size), {"codes": small})["image"]
 
 
 def make_infinity_policy(spec: str, schedule: InfinitySchedule, depth: int) -> Policy:

@@ -125,14 +125,19 @@ class SkipVarPolicy(Policy):
     def extra_graphs(self, vcfg, batch: int, patchify: bool = False) -> list[GraphSpec]:
         return [decoder_spec(vcfg, 2 * batch, self.grid[0])]
 
-    def features(self, state: ScaleState) -> Tensor:
-        """(B, 2): diff_hf and hf_ratio of every sample (or (B, 1) for the diff-only models)."""
-        engine = state.engine
-        b = state.f_hat.shape[0]
-        side = self.grid[0]
+    def small_decodes(self, state: ScaleState) -> Tensor:
+        """(2B, 3, h, w) in [0, 1]: the latents one scale earlier, then now, decoded at the small
+        grid (the family's decoder and down-sampling)."""
+        engine, side = state.engine, self.grid[0]
         small = torch.cat((area_down(state.f_hat_prev, side), area_down(state.f_hat, side)))
-        graph = decoder_spec(engine.vqvae_config, 2 * b, side)
-        images = engine.run(graph, {"f_hat": small.to(engine.device)})["image"].float().cpu() * 2 - 1
+        graph = decoder_spec(engine.vqvae_config, small.shape[0], side)
+        return engine.run(graph, {"f_hat": small.to(engine.device)})["image"]
+
+    def features(self, state: ScaleState) -> Tensor:
+        """(B, 2): diff_hf and hf_ratio of every sample (or (B, 1) for the diff-only models), on
+        images in [-1, 1] (the official scale)."""
+        b = state.f_hat.shape[0]
+        images = self.small_decodes(state).float().cpu() * 2 - 1
         old, new = images[:b], images[b:]
         diff, ratio = high_frequency_difference(new, old), high_frequency_ratio(new)
         return torch.stack((diff, ratio), 1)[:, : len(self.models["skip"]["mean"])]
