@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from varrt.engines.base import Engine
-from varrt.export.graphs import FastVarShape, conditioner_spec, decoder_spec, step_spec
+from varrt.export.graphs import FastVarShape, GraphSpec, conditioner_spec, decoder_spec, step_spec
 from varrt.export.vqvae import area_down
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
@@ -148,11 +148,12 @@ def dense_fill(rows: int, b: int, n: int, width: int, device: torch.device) -> t
     return local, torch.ones(b, n, device=device), torch.zeros(rows, n, width, device=device)
 
 
-def fastvar_deltas(g: Group, plan: Plan, si: int, grids: Sequence[tuple[int, int]], zeros: Tensor) -> Tensor:
-    """The deltas a FastVAR graph restores pruned tokens from: the reference scale's, up-sampled to
-    scale si (zeros where nothing is pruned, e.g. at the reference scale itself)."""
+def fastvar_deltas(g: Group, plan: Plan, si: int, grids: Sequence[tuple[int, int]], graph: GraphSpec) -> Tensor:
+    """The deltas ``graph`` (a FastVAR call) restores pruned tokens from: the reference scale's,
+    up-sampled to scale si; zeros where nothing is pruned (the reference scale itself, once per
+    generation, so they are not kept)."""
     if plan.scales[si].restore != "fastvar":
-        return zeros
+        return torch.zeros(graph.input("deltas").shape, device=g.kv.device)
     return upsample_tokens(g.deltas, grids[plan.fastvar_reference], grids[si])
 
 
@@ -194,13 +195,7 @@ class ScaleLoop:
         self.capacity = capacity or kv_capacity(self.plans, self.sched)
         if self.capacity < kv_capacity(self.plans, self.sched):
             raise PlanError(f"KV capacity {self.capacity} is below what policy {policy.name!r} needs")
-        self._zeros: dict[tuple, Tensor] = {}
         self.latents: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))  # f_hat now, one scale earlier
-
-    def zeros(self, shape: tuple[int, ...]) -> Tensor:
-        if shape not in self._zeros:
-            self._zeros[shape] = torch.zeros(shape, device=self.engine.device)
-        return self._zeros[shape]
 
     def new_group(self, cond: dict[str, Tensor], b: int) -> Group:
         cfg, dev = self.cfg, self.engine.device
@@ -226,7 +221,7 @@ class ScaleLoop:
         common = {**g.cond, "kv": g.kv}
         if isinstance(shape, FastVarShape):
             pos = torch.arange(begin, begin + n_full, device=dev).expand(shape.rows, n_full)
-            deltas = fastvar_deltas(g, plan, si, self.sched.grids, self.zeros(graph.input("deltas").shape))
+            deltas = fastvar_deltas(g, plan, si, self.sched.grids, graph)
             feeds = {
                 "x": g.rows(x_full),
                 "pos_idx": pos,

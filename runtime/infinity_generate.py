@@ -91,7 +91,6 @@ class InfinityScaleLoop:
         n_full = sched.tokens(si)
         pos_full = scale_positions(sched, si).to(dev)
         if isinstance(shape, InfinityFastVarShape):
-            zeros = torch.zeros(graph.input("deltas").shape, device=dev)
             feeds = {
                 "x": g.rows(x_full),
                 "pos": pos_full.expand(shape.rows, n_full, 3),
@@ -99,7 +98,7 @@ class InfinityScaleLoop:
                 "kv": g.kv,
                 "kv_bias": g.kv_bias,
                 "keep_rank": torch.arange(shape.keep, device=dev),
-                "deltas": fastvar_deltas(g, plan, si, sched.grids, zeros),
+                "deltas": fastvar_deltas(g, plan, si, sched.grids, graph),
             }
             out = self.engine.run(graph, feeds)
             if si == plan.fastvar_reference:
