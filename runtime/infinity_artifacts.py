@@ -100,11 +100,11 @@ def required_infinity_graphs(
     for rows in (batch, 2 * batch) if negative else (batch,):  # prompts, and prompts + negative prompts
         add(text_encoder_spec(cfg.text_channels, rows, text_length))
     add(infinity_conditioner_spec(cfg, 2 * batch, text_length, precision))
+
+    def shape_of(plan, si, b, c):
+        return infinity_step_shape(plan, si, schedule, b, c, text_length)
+
     for pol in policies:
-
-        def shape_of(plan, si, b, c):
-            return infinity_step_shape(plan, si, schedule, b, c, text_length)
-
         for shape in step_shapes(pol.plans, schedule, batch, pol.split_from, cap, shape_of):
             add(infinity_step_spec(cfg, shape, precision))
         for spec in pol.extra_graphs(vcfg, batch, cfg.patchify):
