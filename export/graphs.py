@@ -72,8 +72,9 @@ class TensorSpec:
 
 #: the version of the exported graphs, part of every export key: bump it when a graph's inputs,
 #: outputs, meaning or ops change, so that no cached export of an older version is reused
-#: (2: FastVAR's pruned scales return no deltas; 3: token gathers/scatters as GatherND/ScatterND)
-GRAPH_CONTRACT = 3
+#: (2: FastVAR's pruned scales return no deltas; 3: token gathers/scatters as GatherND/ScatterND;
+#: 4: FastVAR's pivotal tokens by a TopK of at most N / 2, in index order: TensorRT's TopK limit)
+GRAPH_CONTRACT = 4
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 The support matrix (``data/trt10_onnx_ops.csv``: operator, supported, types) is TensorRT 10's
 ONNX parser matrix for opsets 9-20. A graph that fails this check would fail ``varrt build`` on the
-GPU, so export checks it on the CPU, before anyone gets there.
+GPU, so export checks it on the CPU, before anyone gets there. Beyond the matrix, the parser's
+documented per-op restrictions that varrt's graphs can meet are checked too: TopK needs
+``sorted = 1`` and ``K <= 3840`` (onnx-tensorrt 10.x operators.md; TensorRT's TopK operator page:
+"k <= 3840"), which a static graph fixes through its shapes.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
+
+#: the largest k TensorRT's TopK layer takes (its operator reference: "k <= 3840")
+TOPK_MAX = 3840
 
 _TYPE_NAMES = {
     TensorProto.FLOAT: "FP32",
@@ -68,4 +75,58 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
         name = _TYPE_NAMES.get(elem) if elem else None
         if sup.types and name and name not in sup.types:
             problems.append(f"{node.op_type} ({node.name}): {name} input, TensorRT supports {sorted(sup.types)}")
+        if node.op_type == "TopK":
+            problems += _topk_problems(inferred, node)
     return problems
+
+
+def _topk_problems(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    problems = []
+    if attrs.get("sorted", 1) != 1:
+        problems.append(f"TopK ({node.name}): sorted=0, TensorRT's parser needs sorted=1")
+    k = constant_value(model, node.input[1]) if len(node.input) > 1 else attrs.get("k")
+    if k is not None and int(np.asarray(k).reshape(-1)[0]) > TOPK_MAX:
+        problems.append(
+            f"TopK ({node.name}): k = {int(np.asarray(k).reshape(-1)[0])}, TensorRT's TopK takes k <= {TOPK_MAX}"
+        )
+    return problems
+
+
+def constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """The value of tensor ``name`` when it depends on constants only (a static graph's folded
+    shapes), evaluated with ONNX's reference runtime; None when a graph input feeds it."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    inputs = {i.name for i in graph.input} - set(inits)
+    chosen, todo, seen = set(), [name], set()
+    while todo:
+        t = todo.pop()
+        if t in seen or t in inits or not t:
+            continue
+        seen.add(t)
+        if t in inputs or t not in producer:
+            return None
+        n = producer[t]
+        if n.op_type == "Shape":  # of a tensor whose shape is not static: the value is unknown
+            return None
+        chosen.add(n.output[0])
+        todo.extend(n.input)
+    if not chosen:
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+    order = [n for n in graph.node if n.output and n.output[0] in chosen]  # topological, as in the graph
+    used = {i for n in order for i in n.input} & set(inits)
+    if any(inits[i].data_location == TensorProto.EXTERNAL for i in used):
+        return None  # shapes are never computed from weights
+    sub = helper.make_graph(
+        order,
+        "constant",
+        [],
+        [helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None)],
+        [inits[i] for i in used],
+    )
+    from onnx.reference import ReferenceEvaluator
+
+    opsets = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    return np.asarray(ReferenceEvaluator(helper.make_model(sub, opset_imports=opsets)).run(None, {})[0])

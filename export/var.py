@@ -200,11 +200,35 @@ class AdaLNSelfAttn(nn.Module):
 
 
 def pivotal_tokens(h: Tensor, keep_rank: Tensor) -> Tensor:
-    """FastVAR's pivotal tokens: (R, N, C) -> (R, k) indices of the tokens ranked ``keep_rank``
-    by their squared distance to the mean token (rank 0 = farthest, the least converged)."""
+    """FastVAR's pivotal tokens: (R, N, C) -> (R, k) indices (ascending) of the k = len(keep_rank)
+    tokens farthest from the mean token (squared distance), the least converged ones."""
     score = (h - h.mean(dim=1, keepdim=True)).square().sum(-1)
-    order = score.argsort(dim=1, descending=True)
-    return order.index_select(1, keep_rank)
+    return largest_k(score, keep_rank.shape[0])
+
+
+def largest_k(score: Tensor, k: int) -> Tensor:
+    """(R, N) scores -> (R, k) indices of the k highest, in ascending index order, for any k <= N
+    with TopK's k never above min(k, N - k) <= N / 2.
+
+    A plain sort (TopK with k = N) or ``topk(k)`` breaks TensorRT's TopK limit (k <= 3840) at
+    Infinity's 1M scales (up to 4107 tokens; a reference scale keeps all of them). Instead: take
+    the k highest when k <= N / 2, else the N - k lowest (as the highest of -score) and keep the
+    rest, mark the kept tokens, and compact their indices with a running count (a stable
+    partition: kept tokens first, in index order). Every quantity is computed from the shapes as
+    tensor values, so one exported graph serves every (k, N) without shape guards.
+    """
+    r, n = score.shape
+    kt, nt = score.new_ones(k).sum(), score.new_ones(n).sum()  # k and N as values
+    sign = torch.where(2 * kt <= nt, 1.0, -1.0)  # +: select the kept tokens; -: the dropped ones
+    _, idx = (score * sign).topk(torch.sym_max(torch.sym_min(k, n - k), 1), dim=1)
+    hit_value = (torch.minimum(kt, nt - kt) > 0).to(score.dtype)  # k = N: nothing is dropped
+    hit = torch.zeros_like(score).scatter(1, idx, hit_value.expand(idx.shape))
+    kept = torch.where(sign > 0, hit, 1 - hit)
+    count = kept.cumsum(1)  # float: TensorRT's CumSum takes floating-point types only (exact below 2^24)
+    at = torch.arange(n, device=score.device, dtype=score.dtype)
+    dest = torch.where(kept > 0, count - 1, kt + at - count).long()  # a permutation of 0..N-1
+    order = torch.zeros_like(dest).scatter(1, dest, torch.arange(n, device=score.device).expand(r, n))
+    return order[:, :k]
 
 
 def _rows_of(idx: Tensor) -> Tensor:
