@@ -2,98 +2,143 @@
 
 For GPUs without TensorRT, and the compiled path that can be measured on a GPU machine without
 it. Every graph of the contract (a static shape; CFG on or off is a different row count, hence a
-different graph) gets static input and output buffers and is captured after one warm-up call;
-later calls copy the inputs in and replay. The KV cache is bound where the runtime keeps it (no
-copy); a new cache address means a new capture. Optionally each graph's module is
-``torch.compile``-d first.
+different graph) gets static input buffers; its first call runs eagerly (the warm-up), then it is
+captured and later calls copy the inputs in and replay. The KV cache is bound where the runtime
+keeps it (no copy); the runtime's KV buffers are persistent (:meth:`TorchGraphEngine.allocate`),
+so a (graph, KV buffer) pair is captured once per process. Captures share one memory pool and
+are bounded (:mod:`varrt.engines.cuda_graphs`); a graph that cannot be captured runs eagerly, with
+a warning.
 
-Outputs are the graph's static buffers: valid until the same graph runs again.
+Outputs are valid until the engine's next ``run``: with one shared pool, a graph's replay may
+reuse memory another graph's outputs were captured in, so callers copy what they keep.
+
+``compile=True`` runs each graph's module through ``torch.compile`` first (one static shape per
+graph: :func:`compiled` lifts dynamo's recompile limit, 8 by default, to the number of graphs a
+process may see, and makes hitting it an error instead of a silent fall back to eager).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from varrt.engines.base import BackendUnavailable
-from varrt.engines.tensorrt_engine import PASS_THROUGH, persistent_buffer
+from varrt.engines.cuda_graphs import DEFAULT_LIMIT, BufferPool, GraphCache, capture, run_cached
+from varrt.engines.tensorrt_engine import PASS_THROUGH
 from varrt.export.graphs import COMPONENTS, DTYPE_NAMES, GraphSpec, TensorSpec, graph_module
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 
+#: the most static shapes one compiled module may be specialised to (dynamo's limit is 8)
+MAX_SHAPES = 512
 
-class _Captured:
-    def __init__(self, module: torch.nn.Module, graph: GraphSpec, device: torch.device) -> None:
+
+def compiled(module: torch.nn.Module, backend: str | Callable = "inductor", max_shapes: int = MAX_SHAPES):
+    """``module`` under ``torch.compile(dynamic=False)``, called with dynamo's recompile limits
+    at ``max_shapes`` (every static graph is one specialisation) and an error past them."""
+    fn = torch.compile(module, backend=backend, dynamic=False)
+    config = torch._dynamo.config
+    names = {  # the names since torch 2.6 (recompile_*), or before (cache_size_*)
+        ("recompile_limit", "cache_size_limit"): max_shapes,
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit"): max_shapes,
+        ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit"): True,
+    }
+    patch = config.patch({next(n for n in pair if hasattr(config, n)): v for pair, v in names.items()})
+
+    def call(*args):
+        with patch:
+            return fn(*args)
+
+    return call
+
+
+class _Graph:
+    """One static graph: its module, its static input buffers (the KV cache is passed through)."""
+
+    def __init__(self, module: Callable, graph: GraphSpec, device: torch.device) -> None:
         self.module, self.graph = module, graph
         self.inputs = {
             t.name: torch.zeros(t.shape, dtype=t.torch_dtype, device=device)
             for t in graph.inputs
             if t.name not in PASS_THROUGH
         }
-        self.captures: dict[tuple, tuple[torch.cuda.CUDAGraph, dict[str, Tensor]]] = {}
 
-    def call(self, feeds: Mapping[str, Tensor]) -> tuple:
-        args = [self.inputs.get(t.name, feeds.get(t.name)) for t in self.graph.inputs]
-        out = self.module(*args)
-        return (out,) if isinstance(out, Tensor) else tuple(out)
+    def call(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        out = self.module(*(self.inputs.get(t.name, feeds.get(t.name)) for t in self.graph.inputs))
+        out = (out,) if isinstance(out, Tensor) else tuple(out)
+        return {spec.name: t for spec, t in zip(self.graph.outputs, out)}
 
 
 class TorchGraphEngine:
-    """Eager torch modules on CUDA, replayed from CUDA graphs per static shape."""
+    """Eager (or compiled) torch modules on CUDA, replayed from CUDA graphs per static shape."""
 
     backend = "torch-graph"
     kv_capacity = None
 
-    def __init__(self, var: VAR, vqvae: VQVAE, compile: bool = False) -> None:
+    def __init__(
+        self, var: VAR, vqvae: VQVAE, compile: bool = False, cuda_graphs: bool = True, graph_limit: int = DEFAULT_LIMIT
+    ) -> None:
         if not torch.cuda.is_available():
             raise BackendUnavailable(
-                "torch-graph needs a CUDA GPU; torch sees none (torch.cuda.is_available() is False)"
+                "torch-graph needs a CUDA GPU; torch sees none (torch.cuda.is_available() is False); see `varrt doctor`"
             )
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.var, self.vqvae = var.to(self.device).eval(), vqvae.to(self.device).eval()
         self.var_config, self.vqvae_config = var.cfg, vqvae.cfg
         self.quantizer = vqvae.quantize.float()
         self.precision = DTYPE_NAMES[var.mat_dtype]
-        self.compile = compile
-        self._modules: dict[tuple, torch.nn.Module] = {}
-        self._graphs: dict[str, _Captured] = {}
-        self._buffers: dict[tuple, Tensor] = {}
+        self.compile, self.cuda_graphs = compile, cuda_graphs
+        self._modules: dict[tuple, Callable] = {}
+        self._graphs: dict[str, _Graph] = {}
+        self.buffers = BufferPool(self.device)
+        self.graphs = GraphCache(graph_limit)
+        self.pool = torch.cuda.graph_pool_handle()  # one memory pool for every capture
+        self.capture_stream = torch.cuda.Stream(self.device)
 
     def has_graph(self, graph: GraphSpec) -> bool:
         return graph.component in COMPONENTS
 
-    def _module(self, graph: GraphSpec) -> torch.nn.Module:
+    def _module(self, graph: GraphSpec) -> Callable:
         if graph.structure not in self._modules:
             m = graph_module(graph.component, self.var, self.vqvae, graph.blocks, graph.returns_deltas)
-            self._modules[graph.structure] = torch.compile(m, dynamic=False) if self.compile else m
+            self._modules[graph.structure] = compiled(m) if self.compile else m
         return self._modules[graph.structure]
 
     @torch.inference_mode()
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         graph.check_feeds(dict(feeds))
-        cap = self._graphs.get(graph.name)
-        if cap is None:
-            cap = self._graphs[graph.name] = _Captured(self._module(graph), graph, self.device)
-        for name, buf in cap.inputs.items():
+        g = self._graphs.get(graph.name)
+        if g is None:
+            g = self._graphs[graph.name] = _Graph(self._module(graph), graph, self.device)
+        for name, buf in g.inputs.items():
             buf.copy_(feeds[name], non_blocking=True)
-        key = tuple(feeds[n].data_ptr() for n in PASS_THROUGH if n in feeds)
-        if key not in cap.captures:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up off the capture (allocator, lazy kernels, compile)
-                cap.call(feeds)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                out = cap.call(feeds)
-            cap.captures[key] = (g, {spec.name: t for spec, t in zip(graph.outputs, out)})
-        g, outputs = cap.captures[key]
-        g.replay()
-        return dict(outputs)
+        key = (graph.name, *(feeds[n].data_ptr() for n in PASS_THROUGH if n in feeds))
+        current = torch.cuda.current_stream(self.device)
 
-    def allocate(self, spec: TensorSpec) -> Tensor:
-        """A zeroed buffer the runtime keeps across calls (the KV cache), at the same address every
-        generation, so that captured graphs stay valid."""
-        return persistent_buffer(self._buffers, spec, self.device)
+        def captured():
+            self.capture_stream.wait_stream(current)
+            return capture(lambda: g.call(feeds), self.capture_stream, self.pool)
+
+        def replay(entry) -> dict[str, Tensor]:
+            entry[0].replay()
+            return dict(entry[1])
+
+        return run_cached(
+            self.graphs,
+            graph.name,
+            key,
+            enabled=self.cuda_graphs,
+            run=lambda: g.call(feeds),
+            capture=captured,
+            replay=replay,
+        )
+
+    def allocate(self, spec: TensorSpec, index: int = 0) -> Tensor:
+        """The ``index``-th KV buffer of this shape: zeroed, at the same address every generation,
+        so captured graphs stay valid."""
+        return self.buffers.take(spec, index)
+
+    def memory(self) -> dict:
+        return {"buffers_bytes": self.buffers.bytes, "cuda_graphs": self.graphs.stats()}

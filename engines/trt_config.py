@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from varrt.export.artifact import Manifest, cache_dir
 from varrt.export.graphs import GraphSpec
 
 MIN_TRT = (10, 12)
-#: the engine's weights may exceed the ONNX weights by this factor before the build is refused
+#: the TensorRT majors whose Python API this backend is written against (10.12+ and 11.x)
+MAX_TRT_MAJOR = 11
+#: the engine's weights may exceed the ONNX weights by this factor before the build warns
 WEIGHTS_SLACK = 1.25
 
 
@@ -64,11 +67,16 @@ def parse_trt_version(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in version.split(".")[:4] if p.isdigit())
 
 
+#: how a GPU user gets TensorRT (see README, "On an NVIDIA GPU")
+TRT_INSTALL = "pip install -e '.[gpu,trt-cu12]' in the varrt checkout (CUDA 12 torch; '.[gpu,trt-cu13]' for CUDA 13)"
+
+
 def check_trt_version(version: str) -> None:
-    if parse_trt_version(version)[:2] < MIN_TRT:
+    v = parse_trt_version(version)
+    if v[:2] < MIN_TRT or v[0] > MAX_TRT_MAJOR:
         raise TrtCompatibilityError(
-            f"TensorRT {version} is too old: varrt needs {MIN_TRT[0]}.{MIN_TRT[1]} or newer (strongly typed networks); "
-            "pip install -U 'varrt[trt]' --extra-index-url https://pypi.nvidia.com"
+            f"TensorRT {version} is outside the range varrt is written for ({MIN_TRT[0]}.{MIN_TRT[1]} to "
+            f"{MAX_TRT_MAJOR}.x, strongly typed networks): {TRT_INSTALL}"
         )
 
 
@@ -106,7 +114,46 @@ def engine_dir(manifest: Manifest, component: str, config: BuildConfig, target: 
 
 
 def timing_cache_path(target: Target) -> Path:
-    return cache_dir() / "timing" / f"trt{target.trt_version}-sm{target.sm}.cache"
+    """One timing cache per (TensorRT version, compute capability, GPU model): a cache carries its
+    device's properties, and two GPUs of one SM (an H100 PCIe and SXM) time differently."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", target.gpu_name).strip("-").lower()
+    return cache_dir() / "timing" / f"trt{target.trt_version}-sm{target.sm}-{gpu}.cache"
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """Did the profiles share one copy of the weights? TensorRT documents ``extra_memory_target``
+    as a hint, so a miss is a warning recorded in the engine's manifest (a failure on request)."""
+
+    engine_bytes: int | None
+    onnx_bytes: int
+    source: str  # "TOTAL_WEIGHTS_SIZE" or "plan size" (TensorRT < 10.14 has no weights statistic)
+
+    @property
+    def shared(self) -> bool | None:
+        if self.engine_bytes is None:
+            return None
+        return self.engine_bytes <= WEIGHTS_SLACK * max(self.onnx_bytes, 1)
+
+    def message(self, component: str) -> str | None:
+        if self.shared is not False:
+            return None
+        return (
+            f"{component}: the engine holds {self.engine_bytes / 2**20:.0f} MiB ({self.source}), more than "
+            f"{WEIGHTS_SLACK} x the {self.onnx_bytes / 2**20:.0f} MiB of weights in its ONNX: the profiles may not "
+            "share one copy of the weights (see build.log)"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "shared": self.shared}
+
+
+def weights_check(total_weights: int | None, plan_bytes: int, onnx_bytes: int) -> WeightsCheck:
+    """From TensorRT's total-weights statistic when it has one, else from the plan's size (weights
+    plus kernels: an upper bound, so a miss is still caught)."""
+    if total_weights is not None:
+        return WeightsCheck(total_weights, onnx_bytes, "TOTAL_WEIGHTS_SIZE")
+    return WeightsCheck(plan_bytes, onnx_bytes, "plan size")
 
 
 def check_engine_manifest(meta: dict, target: Target, where: str) -> None:
@@ -123,27 +170,3 @@ def check_engine_manifest(meta: dict, target: Target, where: str) -> None:
             f"{where} was built for " + ", ".join(diffs) + "; TensorRT plans only run on the TensorRT build and "
             "GPU they were built with — rebuild with `varrt build ARTIFACT`"
         )
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What a bound tensor must be: TensorRT gets an address and nothing else."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: object  # torch.dtype
-
-
-def check_binding(t, binding: Binding) -> None:
-    """Contiguous, the engine's dtype and shape, on the GPU in use, 256-byte aligned — else a clear error."""
-    problems = []
-    if tuple(t.shape) != binding.shape:
-        problems.append(f"shape {tuple(t.shape)} (engine: {binding.shape})")
-    if t.dtype != binding.dtype:
-        problems.append(f"dtype {t.dtype} (engine: {binding.dtype})")
-    if not t.is_contiguous():
-        problems.append("not contiguous (TensorRT reads dense row-major memory; strides are not passed)")
-    if t.data_ptr() % 256:
-        problems.append(f"address not 256-byte aligned (offset {t.data_ptr() % 256})")
-    if problems:
-        raise ValueError(f"tensor {binding.name!r} cannot be bound: " + "; ".join(problems))

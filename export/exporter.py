@@ -62,6 +62,21 @@ class ExportConfig:
             raise ValueError(f"opset {self.opset}: varrt exports opset 18-20 (TensorRT 10's parser covers 9-20)")
 
 
+def precision_models(var: VAR, vqvae: VQVAE, precision: str) -> tuple[VAR, VQVAE]:
+    """The models as a ``precision`` export computes: the graphs' precision is the modules' dtype
+    (copies are converted, never the caller's models). ONNX Conv takes bfloat16 only from opset 22
+    (varrt pins 18-20 for TensorRT 10), so a bfloat16 export keeps the decoder (a small share of
+    the time) in float32; float16 converts it too."""
+    dtype = DTYPES[precision]
+    var_x = var if dtype == torch.float32 else copy.deepcopy(var).to(dtype)
+    if dtype != torch.float16:
+        return var_x, vqvae
+    vqvae_x = copy.deepcopy(vqvae)
+    vqvae_x.decoder.to(dtype)
+    vqvae_x.post_quant_conv.to(dtype)
+    return var_x, vqvae_x
+
+
 def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: tuple[int, ...] | None) -> GraphSpec:
     """Shapes to trace with: small, distinct, never 0 or 1 on a symbolic dim."""
     if component == "conditioner":
@@ -110,19 +125,9 @@ def export_artifact(
     """Export ``var`` + ``vqvae`` for the static ``graphs`` into the directory ``out``."""
     say = progress or (lambda _msg: None)
     out = Path(out)
-    dtype = DTYPES[config.precision]
     work = staging_dir(out)
     try:
-        # the graphs' precision is the modules' dtype; convert copies, never the caller's models
-        var_x = var if dtype == torch.float32 else copy.deepcopy(var).to(dtype)
-        # ONNX Conv accepts bfloat16 only from opset 22 (varrt pins 18-20 for TensorRT 10), so a
-        # bfloat16 export keeps the decoder (a small share of the time) in float32
-        decoder_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-        vqvae_x = vqvae
-        if decoder_dtype != torch.float32:
-            vqvae_x = copy.deepcopy(vqvae)
-            vqvae_x.decoder.to(decoder_dtype)
-            vqvae_x.post_quant_conv.to(decoder_dtype)
+        var_x, vqvae_x = precision_models(var, vqvae, config.precision)
         raw = work / "raw"
         raw.mkdir()
         exported, logs = {}, []

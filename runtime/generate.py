@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,7 +29,15 @@ import torch
 from torch import Tensor
 
 from varrt.engines.base import Engine
-from varrt.export.graphs import FastVarShape, GraphSpec, conditioner_spec, decoder_spec, step_spec
+from varrt.export.graphs import (
+    DTYPE_NAMES,
+    FastVarShape,
+    GraphSpec,
+    TensorSpec,
+    conditioner_spec,
+    decoder_spec,
+    step_spec,
+)
 from varrt.export.vqvae import area_down
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
@@ -94,14 +103,19 @@ class Group:
             self.kv_bias[blocks[0] : blocks[1], self.slot + live : self.slot + n] = -torch.inf
         self.slot += n
 
-    def subset(self, local: Tensor, plan_idx: int) -> Group:
-        """A new group of some of these samples (their rows copied once)."""
+    def subset(self, local: Tensor, plan_idx: int, buffers: KVBuffers | None = None) -> Group:
+        """A new group of some of these samples (their rows copied once, into one of ``buffers``)."""
         rows = torch.cat((local, local + self.b)) if self.cfg_on else local
         pick = lambda t: t.index_select(0, rows.to(t.device)) if t is not None else None  # noqa: E731
+        if buffers is None or not buffers.persistent:
+            kv = pick(self.kv)
+        else:
+            spec = TensorSpec("kv", (rows.numel(), *self.kv.shape[1:]), DTYPE_NAMES[self.kv.dtype])
+            kv = torch.index_select(self.kv, 0, rows.to(self.kv.device), out=buffers.take(spec))
         return Group(
             samples=self.samples[local],
             plan_idx=plan_idx,
-            kv=pick(self.kv),
+            kv=kv,
             kv_bias=self.kv_bias.clone(),
             cond={k: pick(v) for k, v in self.cond.items()},
             cfg_on=self.cfg_on,
@@ -112,6 +126,28 @@ class Group:
             entropy_grid=self.entropy_grid,
             deltas=pick(self.deltas),
         )
+
+
+class KVBuffers:
+    """The KV buffers of one generation. Compiled engines hand out persistent ones
+    (``engine.allocate(spec, index)``): the n-th buffer of a shape asked for in a generation is the
+    same memory in every generation, so graphs captured on its address replay instead of piling
+    up as groups split. Other engines get fresh zeros."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.count = engine, Counter()
+
+    @property
+    def persistent(self) -> bool:
+        return getattr(self.engine, "allocate", None) is not None
+
+    def take(self, spec: TensorSpec) -> Tensor:
+        allocate = getattr(self.engine, "allocate", None)
+        if allocate is None:
+            return torch.zeros(spec.shape, dtype=spec.torch_dtype, device=self.engine.device)
+        index = self.count[spec.shape]
+        self.count[spec.shape] += 1
+        return allocate(spec, index)
 
 
 def resolve_labels(
@@ -196,13 +232,12 @@ class ScaleLoop:
         if self.capacity < kv_capacity(self.plans, self.sched):
             raise PlanError(f"KV capacity {self.capacity} is below what policy {policy.name!r} needs")
         self.latents: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))  # f_hat now, one scale earlier
+        self.buffers = KVBuffers(engine)
 
     def new_group(self, cond: dict[str, Tensor], b: int) -> Group:
         cfg, dev = self.cfg, self.engine.device
         shape = self.plans[0].step_shape(0, self.sched, b, self.capacity)
-        kv_spec = step_spec(cfg, shape, self.engine.precision).input("kv")
-        allocate = getattr(self.engine, "allocate", None)  # compiled engines keep its address across generations
-        kv = allocate(kv_spec) if allocate else torch.zeros(kv_spec.shape, dtype=kv_spec.torch_dtype, device=dev)
+        kv = self.buffers.take(step_spec(cfg, shape, self.engine.precision).input("kv"))
         bias = torch.full((cfg.depth, self.capacity), -torch.inf, device=dev)
         return Group(torch.arange(b), 0, kv, bias, cond)
 
@@ -275,12 +310,19 @@ class ScaleLoop:
 
     # ------------------------------------------------------------------------------- regrouping
     def regroup(self, groups: list[Group], assign: Tensor, si: int) -> list[Group]:
-        return regroup(groups, assign, self.plans, si, self.policy.name)
+        return regroup(groups, assign, self.plans, si, self.policy.name, self.buffers)
 
 
-def regroup(groups: list[Group], assign: Tensor, plans: Sequence[Plan], si: int, policy: str) -> list[Group]:
+def regroup(
+    groups: list[Group],
+    assign: Tensor,
+    plans: Sequence[Plan],
+    si: int,
+    policy: str,
+    buffers: KVBuffers | None = None,
+) -> list[Group]:
     """Move samples to the plans ``assign`` (B,) gives them after scale si; split groups where
-    they diverge (each new group's cache rows are copied once)."""
+    they diverge (each new group's cache rows are copied once, into one of ``buffers``)."""
     out = []
     for g in groups:
         targets = assign[g.samples]
@@ -296,7 +338,7 @@ def regroup(groups: list[Group], assign: Tensor, plans: Sequence[Plan], si: int,
             out.append(g)
             continue
         for p in targets.unique().tolist():
-            out.append(g.subset((targets == p).nonzero().view(-1), int(p)))
+            out.append(g.subset((targets == p).nonzero().view(-1), int(p), buffers))
     return out
 
 
@@ -334,6 +376,7 @@ def generate(
     b = labels_b.shape[0]
     both = torch.cat((labels_b, torch.full_like(labels_b, cfg.null_class)))
     cond = engine.run(conditioner_spec(cfg, 2 * b), {"labels": both})
+    cond = {k: v.clone() for k, v in cond.items()}  # engine outputs are valid until its next call
     t_cond = time.perf_counter()
 
     quant = engine.quantizer

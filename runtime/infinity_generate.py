@@ -42,7 +42,15 @@ from varrt.export.infinity_graphs import (
 )
 from varrt.export.text_encoder import text_bucket
 from varrt.runtime.bitwise import BitwiseSampling, accumulate, bits_to_codes, next_input, sample_bits, vae_grid
-from varrt.runtime.generate import Group, dense_fill, fastvar_deltas, regroup, restoration, select_budget
+from varrt.runtime.generate import (
+    Group,
+    KVBuffers,
+    dense_fill,
+    fastvar_deltas,
+    regroup,
+    restoration,
+    select_budget,
+)
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
 
@@ -217,9 +225,8 @@ def generate_infinity(
     plans = policy.plans
     loop = InfinityScaleLoop(engine, policy, sched, capacity, text_length)
     kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text=text_length), engine.precision)
-    allocate = getattr(engine, "allocate", None)
-    kv_in = kv_spec.input("kv")
-    kv = allocate(kv_in) if allocate else torch.zeros(kv_in.shape, dtype=kv_in.torch_dtype, device=dev)
+    buffers = KVBuffers(engine)
+    kv = buffers.take(kv_spec.input("kv"))
     groups = [Group(torch.arange(b), 0, kv, torch.full((cfg.depth, capacity), -torch.inf, device=dev), cond)]
     vgrid = vae_grid(sched.last, cfg.patchify)
     summed = torch.zeros(b, cfg.code_bits, *vgrid, device=dev)
@@ -254,7 +261,7 @@ def generate_infinity(
         assign = policy.after_scale(state)
         if assign is not None:
             decisions.append({"scale": si, "plans": [plans[int(p)].name for p in assign]})
-            groups = regroup(groups, assign, plans, si, policy.name)
+            groups = regroup(groups, assign, plans, si, policy.name, buffers)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         scale_seconds.append(time.perf_counter() - t0)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
 
+from varrt.engines.trt_bindings import Binding, check_binding
 from varrt.engines.trt_config import (
-    Binding,
     BuildConfig,
     Target,
     TrtCompatibilityError,
     cache_key,
-    check_binding,
     check_engine_manifest,
     check_trt_version,
     component_profiles,
@@ -40,11 +40,13 @@ def test_build_config_is_validated():
     }
 
 
-def test_old_tensorrt_is_refused():
+def test_tensorrt_outside_the_written_api_range_is_refused():
     check_trt_version("10.12.0.36")
     check_trt_version("11.4.0.106")
-    with pytest.raises(TrtCompatibilityError, match="TensorRT 10.8.0 is too old"):
+    with pytest.raises(TrtCompatibilityError, match=r"TensorRT 10.8.0 is outside the range .* \(10.12 to 11.x"):
         check_trt_version("10.8.0")
+    with pytest.raises(TrtCompatibilityError, match="TensorRT 12.0.1 is outside"):
+        check_trt_version("12.0.1")
 
 
 def test_one_profile_per_static_graph(tiny_artifact):
@@ -65,7 +67,9 @@ def test_cache_key_depends_on_what_the_engine_depends_on(tiny_artifact):
     assert key != cache_key(m, "transformer", BuildConfig(), dataclasses.replace(H100, trt_version="11.4.0.106"))
     assert key != cache_key(m, "transformer", BuildConfig(), dataclasses.replace(H100, compute_capability="8.9"))
     assert key != cache_key(m, "decoder", BuildConfig(), H100)
-    assert timing_cache_path(H100).name == "trt10.13.2.6-sm90.cache"
+    assert timing_cache_path(H100).name == "trt10.13.2.6-sm90-nvidia-h100-80gb-hbm3.cache"
+    pcie = dataclasses.replace(H100, gpu_name="NVIDIA H100 PCIe")  # same SM, another timing
+    assert timing_cache_path(pcie) != timing_cache_path(H100)
 
 
 def test_engine_from_another_machine_is_refused_before_deserialising():
@@ -101,6 +105,9 @@ def test_binding_checks_on_cpu_tensors():
         check_binding(aligned_zeros((3, 4, 8), torch.float16), b)
     with pytest.raises(ValueError, match="not 256-byte aligned"):
         check_binding(base.view(-1)[1:65].view(2, 4, 8), b)
+    on_gpu = Binding("kv", (2, 4, 8), torch.float16, torch.device("cuda", 0))
+    with pytest.raises(ValueError, match=r"on cpu \(engine: cuda:0\)"):
+        check_binding(base[:2], on_gpu)
 
 
 def test_doctor_and_inspect_on_cpu(tiny_artifact, capsys):
@@ -149,34 +156,115 @@ def test_compare_torch_and_ort_with_polygraphy(tiny_artifact, capsys):
 
 
 # ------------------------------------------------------------------------------------------ GPU only
-def _gpu_tensorrt():
-    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'varrt[trt]' from NVIDIA's index)")
+# Every comparison is on one GPU: the reference is eager torch on the same device (CPU and CUDA
+# generators differ, so tokens can only match a CUDA reference), with TF32 off on both sides for
+# fp32 (TensorRT turns it on by default; torch's cuDNN too). Tolerances are varrt compare's
+# (max |diff| / max |ref|): fp32 1e-3, fp16 1e-2, bf16 2e-2.
+PRECISIONS = ["float32", "float16", "bfloat16"]
+
+
+def _gpu() -> None:
     if not torch.cuda.is_available():
-        pytest.skip("TensorRT needs a CUDA GPU; none is visible to torch")
+        pytest.skip("needs a CUDA GPU; none is visible to torch")
 
 
-def test_tensorrt_matches_ort_token_for_token(tiny_artifact):
+def _gpu_tensorrt() -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError) as e:
+        pytest.skip(f"TensorRT is not installed ({e}); see README, 'On an NVIDIA GPU'")
+    _gpu()
+
+
+@pytest.fixture
+def no_tf32():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def gpu_artifact(tmp_path_factory, models, precision: str, policies: tuple[str, ...], batch: int = 2):
+    """An export of the tiny model for the GPU tests (only made once a test is not skipped)."""
+    from helpers import tiny_source
+    from varrt.export.exporter import ExportConfig
+    from varrt.runtime.artifacts import ExportRequest, ensure_artifact
+
+    request = ExportRequest(tiny_source(), policies, batch, ExportConfig(precision=precision))
+    out = tmp_path_factory.mktemp("gpu") / f"{precision}-{batch}"
+    return ensure_artifact(request, lambda: models, out=out)
+
+
+def cuda_reference(models, precision: str):
+    """Eager torch on the GPU computing what a ``precision`` export computes (on copies: the
+    session's models stay on the CPU)."""
+    from varrt.engines.torch_engine import TorchEngine
+    from varrt.export.exporter import precision_models
+
+    var, vq = precision_models(*copy.deepcopy(models), precision)
+    return TorchEngine(var.cuda(), vq.cuda())
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_tensorrt_graphs_match_torch_on_the_same_gpu(precision, tiny_models, plan_file, tmp_path_factory, no_tf32):
+    """Every graph (full, FastVAR with and without deltas, budgets, CFG-off rows) per output."""
     _gpu_tensorrt()
-    from varrt.engines.ort_engine import OrtEngine
+    from varrt.engines.compare import compare
+    from varrt.engines.tensorrt_engine import TrtEngine
+    from varrt.runtime.inspect import TOLERANCES
+
+    artifact = gpu_artifact(tmp_path_factory, tiny_models, precision, ("full", "fastvar", str(plan_file)))
+    engine = TrtEngine(artifact, BuildConfig(tf32=False))
+    diffs = compare(cuda_reference(tiny_models, precision), engine, read_manifest(artifact).graphs, seed=1)
+    _, rtol = TOLERANCES[precision]
+    bad = [d for d in diffs if not d.ok(rtol)]
+    assert diffs and not bad, bad
+    assert any(g.endswith("_nodeltas") for g in engine.contexts)  # scratch-bound outputs ran
+
+
+@pytest.mark.parametrize("spec", ["full", "fastvar", "plan-file", "skipvar"])
+def test_tensorrt_tokens_equal_torch_on_cuda_and_replays(spec, tiny_models, plan_file, tmp_path_factory, no_tf32):
+    """Token identity with eager torch on the same GPU and generator (fp32, TF32 off); the second
+    generation replays the CUDA graphs captured by the first and captures nothing new."""
+    _gpu_tensorrt()
     from varrt.engines.tensorrt_engine import TrtEngine
     from varrt.runtime.generate import generate
+    from varrt.runtime.policies import make_policy
 
-    ref = generate(OrtEngine(tiny_artifact), [3], seed=0)
-    got = generate(TrtEngine(tiny_artifact), [3], seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(ref.indices, got.indices))
+    spec = str(plan_file) if spec == "plan-file" else spec
+    policy = make_policy(spec, tiny_models[0].cfg)
+    artifact = gpu_artifact(tmp_path_factory, tiny_models, "float32", (spec,))
+    engine = TrtEngine(artifact, BuildConfig(tf32=False))
+    ref = generate(cuda_reference(tiny_models, "float32"), [3, 7], seed=0, policy=policy, capacity=engine.kv_capacity)
+    first = generate(engine, [3, 7], seed=0, policy=policy)
+    captured = engine.graphs.stats()["captured"]
+    second = generate(engine, [3, 7], seed=0, policy=policy)
+    assert engine.graphs.stats()["captured"] == captured and not engine.graphs.stats()["not_capturable"]
+    for got in (first, second):
+        assert got.plans == ref.plans
+        for a, b in zip(ref.indices, got.indices):
+            assert (a is None and b is None) or torch.equal(a, b)
 
 
-def test_torch_graph_matches_eager_torch():
-    if not torch.cuda.is_available():
-        pytest.skip("the torch-graph backend needs a CUDA GPU; none is visible to torch")
-    from helpers import tiny_var, tiny_vqvae
-    from varrt.engines.torch_engine import TorchEngine
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("spec", ["full", "fastvar", "plan-file"])
+def test_torch_graph_matches_eager_torch_and_replays(precision, spec, tiny_models, plan_file, no_tf32):
+    """torch-graph runs the eager modules' kernels: tokens identical at every precision, with CFG
+    on and off (the plan file drops it for the last scales), first call and replay."""
+    _gpu()
     from varrt.engines.torch_graph_engine import TorchGraphEngine
+    from varrt.export.exporter import precision_models
     from varrt.runtime.generate import generate
+    from varrt.runtime.policies import make_policy
 
-    var, vq = tiny_var(2).cuda(), tiny_vqvae().cuda()
-    ref = generate(TorchEngine(var, vq), [3, 7], seed=0)
-    graph_engine = TorchGraphEngine(var, vq)
-    for _ in range(2):  # the second run replays the captured graphs
-        got = generate(graph_engine, [3, 7], seed=0)
-        assert all(torch.equal(a, b) for a, b in zip(ref.indices, got.indices))
+    policy = make_policy(str(plan_file) if spec == "plan-file" else spec, tiny_models[0].cfg)
+    ref = generate(cuda_reference(tiny_models, precision), [3, 7], seed=0, policy=policy)
+    var, vq = precision_models(*copy.deepcopy(tiny_models), precision)
+    engine = TorchGraphEngine(var, vq)
+    for run in range(2):
+        got = generate(engine, [3, 7], seed=0, policy=policy)
+        for a, b in zip(ref.indices, got.indices):
+            assert (a is None and b is None) or torch.equal(a, b), f"{spec} {precision}, run {run}"
+        if run == 0:
+            captured = engine.graphs.stats()["captured"]
+    assert engine.graphs.stats()["captured"] == captured  # the second generation only replayed
