@@ -1,11 +1,16 @@
 # Two entry points for a newcomer: `make demo` (the main job) and `make test`.
 # Each creates .venv and installs what it needs. On a machine without an NVIDIA GPU the CPU wheel
-# of torch is pinned (a bare `torch` requirement would pull a multi-GB CUDA build).
+# of torch is pinned (a bare `torch` requirement would pull a multi-GB CUDA build) with CPU ONNX
+# Runtime; with nvidia-smi on PATH, torch from the index and onnxruntime-gpu. TensorRT: see README.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-TORCH  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch,torch==2.13.0)
+GPU    := $(shell command -v nvidia-smi 2>/dev/null)
+TORCH  ?= $(if $(GPU),torch,torch==2.13.0)
+# ONNX Runtime's CPU or CUDA build (one of them: both install the module onnxruntime)
+EXTRAS ?= $(if $(GPU),dev$(comma)gpu,dev$(comma)cpu)
+comma  := ,
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint clean-venv
@@ -14,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,8 +26,11 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 def _import_ort():
     try:
         import onnxruntime as ort
-    except ImportError as e:  # pragma: no cover - a dependency of varrt
-        raise BackendUnavailable(f"onnxruntime is not importable ({e}); pip install onnxruntime") from None
+    except ImportError as e:  # an extra: the CPU or the CUDA build
+        raise BackendUnavailable(
+            f"ONNX Runtime is not installed ({e}); pip install -e '.[cpu]' in the varrt checkout ('.[gpu]' on an "
+            "NVIDIA GPU machine)"
+        ) from None
     return ort
 
 
@@ -76,7 +79,7 @@ class OrtEngine:
         if missing:
             raise BackendUnavailable(
                 f"ONNX Runtime provider(s) {missing} are not in this onnxruntime build (it has {available}); "
-                "for CUDA install onnxruntime-gpu instead of onnxruntime"
+                "for CUDA: pip uninstall -y onnxruntime && pip install -e '.[gpu]' (onnxruntime-gpu)"
             )
         self.providers = providers
         on_gpu = providers[0] in GPU_PROVIDERS

@@ -68,7 +68,10 @@ def parse_trt_version(version: str) -> tuple[int, ...]:
 
 
 #: how a GPU user gets TensorRT (see README, "On an NVIDIA GPU")
-TRT_INSTALL = "pip install -e '.[gpu,trt-cu12]' in the varrt checkout (CUDA 12 torch; '.[gpu,trt-cu13]' for CUDA 13)"
+TRT_INSTALL = (
+    "install it on an NVIDIA GPU machine with pip install -e '.[gpu,trt-cu12]' in the varrt checkout "
+    "('.[gpu,trt-cu13]' with a CUDA 13 torch; README: 'On an NVIDIA GPU')"
+)
 
 
 def check_trt_version(version: str) -> None:

@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -146,36 +147,83 @@ def _driver() -> str:
         return f"nvidia-smi failed: {e}"
 
 
-def doctor() -> Table:
-    rows = [
-        ["varrt", varrt_version()],
-        ["python", f"{platform.python_version()} ({platform.machine()}, {platform.system()})"],
-        ["torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'none'})"],
-    ]
+@dataclass(frozen=True)
+class MachineFacts:
+    """What ``varrt doctor`` found; :func:`missing` turns it into what each backend lacks."""
+
+    torch_cuda: str | None  # torch's CUDA build (None: a CPU-only torch)
+    gpus: tuple[str, ...]  # visible to torch
+    driver: str  # nvidia-smi's answer, or why there is none
+    ort_providers: tuple[str, ...] | None  # None: onnxruntime not importable
+    tensorrt: str | None  # the usable version, or None
+    tensorrt_problem: str = ""  # why TensorRT is unusable
+
+
+GPU_RECIPE = "README, 'On an NVIDIA GPU'"
+
+
+def missing(f: MachineFacts) -> dict[str, list[str]]:
+    """Per backend, what this machine lacks to run it (empty: ready), each with its fix."""
+    gpu: list[str] = []
+    if f.torch_cuda is None:
+        gpu.append("a CUDA build of torch (this one is CPU-only): pip install torch from PyTorch's CUDA index")
+    elif not f.gpus:
+        gpu.append(f"a GPU visible to torch (CUDA {f.torch_cuda} build; driver: {f.driver})")
+    ort = [] if f.ort_providers is not None else ["onnxruntime: pip install -e '.[cpu]' (or '.[gpu]' on a GPU)"]
+    ort_gpu = list(gpu)
+    if f.ort_providers is not None and "CUDAExecutionProvider" not in f.ort_providers:
+        ort_gpu.append("onnxruntime-gpu (CUDAExecutionProvider): pip uninstall onnxruntime; pip install -e '.[gpu]'")
+    trt = list(gpu)
+    if f.tensorrt is None:
+        trt.append(f"TensorRT 10.12-11.x ({f.tensorrt_problem or 'not installed'}): pip install -e '.[gpu,trt-cu12]'")
+    return {"ort (CPU)": ort, "ort (CUDA)": ort_gpu or ort, "torch-graph": gpu, "trt": trt}
+
+
+def machine_facts() -> MachineFacts:
+    gpus = ()
     if torch.cuda.is_available():
-        gpus = [
+        gpus = tuple(
             f"{torch.cuda.get_device_name(i)} (sm {'.'.join(map(str, torch.cuda.get_device_capability(i)))})"
             for i in range(torch.cuda.device_count())
-        ]
-        rows.append(["CUDA GPUs", "; ".join(gpus)])
-    else:
-        rows.append(["CUDA GPUs", "none visible to torch (TensorRT and torch-graph backends unavailable)"])
-    rows.append(["NVIDIA driver", _driver()])
+        )
     try:
         import onnxruntime as ort
 
-        rows.append(["onnxruntime", f"{ort.__version__}; providers: {', '.join(ort.get_available_providers())}"])
-    except ImportError as e:
-        rows.append(["onnxruntime", f"not importable: {e}"])
-    for name in ("onnx", "onnxscript", "polygraphy", "onnx_graphsurgeon"):
-        rows.append([name, _version(name)])
+        providers = tuple(ort.get_available_providers())
+    except ImportError:
+        providers = None
+    version, problem = None, ""
     try:
         from varrt.engines.tensorrt_engine import import_tensorrt
 
         trt = import_tensorrt()
-        rows.append(["tensorrt", f"{trt.__version__} (ONNX parser {trt.get_nv_onnx_parser_version()}); usable"])
+        version = f"{trt.__version__} (ONNX parser {trt.get_nv_onnx_parser_version()})"
     except Exception as e:
-        rows.append(["tensorrt", f"unusable: {e}"])
+        problem = str(e).split(";")[0]
+    return MachineFacts(torch.version.cuda, gpus, _driver(), providers, version, problem)
+
+
+def doctor() -> Table:
+    f = machine_facts()
+    rows = [
+        ["varrt", varrt_version()],
+        ["python", f"{platform.python_version()} ({platform.machine()}, {platform.system()})"],
+        ["torch", f"{torch.__version__} (CUDA build: {f.torch_cuda or 'none'})"],
+        ["CUDA GPUs", "; ".join(f.gpus) or "none visible to torch"],
+        ["NVIDIA driver", f.driver],
+        [
+            "onnxruntime",
+            "not importable"
+            if f.ort_providers is None
+            else f"{_version('onnxruntime')}; providers: " + ", ".join(f.ort_providers),
+        ],
+    ]
+    for name in ("onnx", "onnxscript", "polygraphy", "onnx_graphsurgeon"):
+        rows.append([name, _version(name)])
+    rows.append(["tensorrt", f"{f.tensorrt}; usable" if f.tensorrt else f"unusable: {f.tensorrt_problem}"])
+    for backend, lacks in missing(f).items():
+        rows.append([f"backend {backend}", "ready" if not lacks else "missing: " + " | ".join(lacks)])
+    rows.append(["GPU setup", GPU_RECIPE])
     rows.append(["cache", str(cache_dir())])
     return table("varrt doctor", ["", ""], rows)
 

@@ -16,8 +16,9 @@ DESCRIPTION = "varrt: compiled deployment backend for next-scale-prediction imag
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: reported in one line. Anything else is a bug and keeps its traceback."""
     from varrt.engines.base import BackendUnavailable, EngineError
+    from varrt.engines.trt_config import TrtCompatibilityError
 
-    return (ValueError, FileNotFoundError, EngineError, BackendUnavailable)
+    return (ValueError, FileNotFoundError, EngineError, BackendUnavailable, TrtCompatibilityError)
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -58,6 +58,27 @@ OFFICIAL_SAMPLING = {"cfg": 4.0, "top_k": 900, "top_p": 0.95}
 BACKENDS = ["ort", "torch", "trt", "torch-graph"]
 
 
+def check_backend(backend: str) -> None:
+    """Fail in one line, before any export or model loading, when ``backend`` cannot run here."""
+    from varrt.engines.base import BackendUnavailable
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if backend == "trt":
+        from varrt.engines.tensorrt_engine import import_tensorrt
+
+        import_tensorrt()
+    elif backend == "torch-graph" and not torch.cuda.is_available():
+        raise BackendUnavailable(
+            "torch-graph needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+            "see README, 'On an NVIDIA GPU', and `varrt doctor`"
+        )
+    elif backend == "ort":
+        from varrt.engines.ort_engine import _import_ort
+
+        _import_ort()
+
+
 def model_files(args: argparse.Namespace) -> tuple[Path, Path] | None:
     """The checkpoint pair to use: --checkpoint/--vae, the bundled demo model, or None (random weights)."""
     from varrt.runtime.demo import demo_model
@@ -141,22 +162,27 @@ def artifact_for(args: argparse.Namespace, batch: int, policies: tuple[str, ...]
 
 
 def make_engine(args: argparse.Namespace, batch: int, policies: tuple[str, ...]):
-    if args.backend == "torch":
-        from varrt.engines.torch_engine import TorchEngine
+    """The engine of ``args.backend``; the eager backends compute at ``--precision`` as an export
+    of that precision does (so torch and torch-graph are compared at the same precision)."""
+    check_backend(args.backend)
+    if args.backend in ("torch", "torch-graph"):
+        from varrt.export.exporter import precision_models
 
-        return TorchEngine(*load_torch_models(args))
-    if args.backend == "torch-graph":
+        var, vqvae = precision_models(*load_torch_models(args), getattr(args, "precision", "float32"))
+        if args.backend == "torch":
+            from varrt.engines.torch_engine import TorchEngine
+
+            return TorchEngine(var, vqvae)
         from varrt.engines.torch_graph_engine import TorchGraphEngine
 
-        var, vqvae = load_torch_models(args)
-        dtype = getattr(torch, getattr(args, "precision", "float32"))
-        return TorchGraphEngine(var.to(dtype), vqvae, compile=getattr(args, "compile", False))
+        return TorchGraphEngine(var, vqvae, compile=getattr(args, "compile", False))
     artifact = args.artifact or artifact_for(args, batch, policies)
     if args.backend == "trt":
         from varrt.engines.tensorrt_engine import TrtEngine
+        from varrt.engines.trt_config import BuildConfig
 
         with con.status("tensorrt") as say:
-            return TrtEngine(artifact, say=say)
+            return TrtEngine(artifact, BuildConfig(tf32=getattr(args, "tf32", True)), say=say)
     from varrt.engines.ort_engine import OrtEngine
 
     return OrtEngine(artifact, providers=args.providers.split(","), threads=args.threads)
@@ -217,19 +243,26 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
-    g.add_argument(
-        "--backend",
-        choices=["ort", "torch"],
-        default="ort",
-        help="ort: exported graphs in ONNX Runtime (default); torch: eager reference",
-    )
-    g.add_argument("--artifact", type=Path, help="ort: run this export directory (no checkpoint needed)")
+    add_backend_choice(g)
+    g.add_argument("--artifact", type=Path, help="ort / trt: run this export directory (no checkpoint needed)")
     g.add_argument(
         "--providers",
         default="CPUExecutionProvider",
         help="ort: comma-separated execution providers, first = preferred",
     )
     g.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def add_backend_choice(g) -> None:
+    """``--backend`` (every backend, on every verb that generates) and ``--compile`` (torch-graph)."""
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="ort",
+        help="ort: exported graphs in ONNX Runtime (default); torch: eager reference; trt: TensorRT engines "
+        "(NVIDIA GPU + TensorRT); torch-graph: eager modules in CUDA graphs (NVIDIA GPU)",
+    )
+    g.add_argument("--compile", action="store_true", help="torch-graph: torch.compile every graph first")
 
 
 def with_changes(args: argparse.Namespace, **changes) -> argparse.Namespace:

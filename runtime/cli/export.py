@@ -51,13 +51,15 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------ tensorrt
 def cmd_build(args: argparse.Namespace) -> int:
-    from varrt.engines.tensorrt_engine import build_artifact
+    from varrt.engines.tensorrt_engine import import_tensorrt
+    from varrt.engines.trt_build import build_artifact
     from varrt.engines.trt_config import BuildConfig
 
+    import_tensorrt()
     precision = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(args.precision, args.precision)
-    config = BuildConfig(opt_level=args.opt_level, workspace_gib=args.workspace)
+    config = BuildConfig(opt_level=args.opt_level, workspace_gib=args.workspace, tf32=args.tf32)
     with con.status("build") as say:
-        dirs = build_artifact(args.artifact, config, say, precision=precision)
+        dirs = build_artifact(args.artifact, config, say, precision=precision, strict_weights=args.strict_weights)
     for comp, d in dirs.items():
         con.info(f"{comp}: {d}")
     return 0
@@ -69,4 +71,15 @@ def add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="check the artifact holds this precision")
     p.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0-5 (default 3)")
     p.add_argument("--workspace", type=float, default=4.0, help="workspace limit in GiB (default 4)")
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TF32 for fp32 math (TensorRT's default: on); --no-tf32 for fp32 parity with torch",
+    )
+    p.add_argument(
+        "--strict-weights",
+        action="store_true",
+        help="fail (instead of warning) when an engine's weights look duplicated across its profiles",
+    )
     p.set_defaults(func=cmd_build)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from varrt.runtime import console as con
 from varrt.runtime.cli.common import (
-    BACKENDS,
     add_backend_args,
+    add_backend_choice,
     add_export_args,
     add_model_args,
     add_policy_args,
     add_sampling_args,
+    check_backend,
     make_engine,
     policy_specs,
     run_generation,
@@ -26,6 +27,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from varrt.runtime.cli.infinity import cmd_generate_infinity, is_infinity
     from varrt.runtime.images import save_images
 
+    check_backend(args.backend)  # before any export or model loading
     if is_infinity(args):
         set_threads(args.threads)
         return cmd_generate_infinity(args)
@@ -75,6 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    check_backend(args.backend)
     demo = demo_model()
     for name in ("checkpoint", "vae", "random_weights", "artifact"):
         setattr(args, name, None)
@@ -109,7 +112,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, help="guidance (default: the demo model's)")
     p.add_argument("--top-k", type=int, help=argparse.SUPPRESS)
     p.add_argument("--top-p", type=float, help=argparse.SUPPRESS)
-    p.add_argument("--backend", choices=BACKENDS, default="ort")
+    add_backend_choice(p)
     p.add_argument("--providers", default="CPUExecutionProvider", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--force", action="store_true", help=argparse.SUPPRESS)

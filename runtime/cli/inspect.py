@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from varrt.runtime import console as con
-from varrt.runtime.cli.common import add_export_args, add_model_args, make_engine, with_changes
+from varrt.runtime.cli.common import add_export_args, add_model_args, check_backend, make_engine, with_changes
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -39,7 +39,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from varrt.export.artifact import read_manifest
     from varrt.runtime.inspect import compare_backends
 
+    for backend in args.backends.split(","):
+        check_backend(backend)
     manifest = read_manifest(args.artifact)
+    args.precision = manifest.precision  # the torch reference computes at the artifact's precision
     if manifest.family != "var":
         raise ValueError(
             f"{args.artifact} is an {manifest.family} artifact; `varrt compare` covers VAR artifacts so far "
@@ -68,6 +71,12 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--providers", default="CPUExecutionProvider", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="trt: build with TF32 for fp32 math (off by default here: fp32 parity with torch)",
+    )
     add_model_args(p)
     add_export_args(p)
     p.set_defaults(func=cmd_compare)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from varrt.runtime import console as con
 from varrt.runtime.cli.common import (
-    BACKENDS,
     add_backend_args,
     add_export_args,
     add_model_args,
     add_policy_args,
     add_sampling_args,
+    check_backend,
     make_engine,
     policy_specs,
     sampling_config,
@@ -50,6 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "fidelity needs weights that mean something: use the demo model or a checkpoint, not --random-weights"
         )
     specs = [s for s in policy_specs(args) if s != "full"]
+    check_backend(args.backend)
     set_threads(args.threads)
     batch = args.batch or (len(bench_labels(args, 10)))
     labels = bench_labels(args, batch)
@@ -116,20 +117,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     specs = policy_specs(args)
     set_threads(args.threads)
     labels = bench_labels(args, args.batch)
+    backends = args.backends.split(",")
+    for backend in backends:  # all of them before any model is loaded or exported
+        check_backend(backend)
     engines, weight_bytes = {}, {}
-    for backend in args.backends.split(","):
+    for backend in backends:
         args.backend = backend
         args.artifact = None
-        if backend == "torch":
-            engines[backend] = engine = make_engine(args, args.batch, specs)
+        engines[backend] = engine = make_engine(args, args.batch, specs)
+        if backend in ("torch", "torch-graph"):  # the same --precision as the exported backends
             params = [*engine.var.parameters(), *engine.vqvae.decoder.parameters()]
             weight_bytes[backend] = sum(p.numel() * p.element_size() for p in params)
-        elif backend in BACKENDS:
-            engines[backend] = engine = make_engine(args, args.batch, specs)
+        else:
             artifact = getattr(engine, "artifact", None)
             weight_bytes[backend] = (artifact / "weights.bin").stat().st_size if artifact else None
-        else:
-            raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     fidelity = 0 if args.random_weights else args.fidelity_seeds
     config = BenchConfig(
         labels=labels,
@@ -155,7 +156,10 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency of policies x backends, side by side; JSON + markdown + plots")
     add_model_args(p)
     add_policy_args(p, many=True)
-    p.add_argument("--backends", default="torch,ort", help="comma-separated (default torch,ort)")
+    p.add_argument(
+        "--backends", default="torch,ort", help="comma-separated: ort, torch, trt, torch-graph (default torch,ort)"
+    )
+    p.add_argument("--compile", action="store_true", help="torch-graph: torch.compile every graph first")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=5)
