@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -173,3 +174,21 @@ def check_engine_manifest(meta: dict, target: Target, where: str) -> None:
             f"{where} was built for " + ", ".join(diffs) + "; TensorRT plans only run on the TensorRT build and "
             "GPU they were built with — rebuild with `varrt build ARTIFACT`"
         )
+
+
+def engine_weight_bytes(manifest: Manifest) -> dict[str, int]:
+    """Weights each component's engine holds: its ONNX's (profiles share them; the build checks).
+    Each component is its own network, hence its own engine and its own copy of the weights it
+    uses: a FastVAR artifact's plain and FastVAR transformers each hold the blocks' weights."""
+    return {c: int(meta.get("weight_bytes") or 0) for c, meta in manifest.components.items()}
+
+
+def scratch_bytes(manifest: Manifest) -> int:
+    """GPU scratch for outputs a graph leaves out but its engine writes: FastVAR's pruned scales
+    leave out ``new_deltas``, whose shape is their ``deltas`` input's; one buffer of the largest."""
+    sizes = [
+        math.prod(g.input("deltas").shape) * g.input("deltas").torch_dtype.itemsize
+        for g in manifest.graphs
+        if not g.returns_deltas and any(t.name == "deltas" for t in g.inputs)
+    ]
+    return max(sizes, default=0)

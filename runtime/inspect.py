@@ -61,6 +61,7 @@ def _inspect_artifact(path: Path) -> Group:
                 "components",
                 ", ".join(f"{c} ({_mib(v.get('weight_bytes'))} of weights)" for c, v in m.components.items()),
             ],
+            ["TensorRT weights", _trt_weights(m)],
             ["plans", ", ".join(p["name"] for p in m.plans)],
             [
                 "source",
@@ -83,6 +84,21 @@ def _inspect_artifact(path: Path) -> Group:
         ],
     )
     return Group(summary, graphs)
+
+
+def _trt_weights(m) -> str:
+    """What the TensorRT backend holds on the GPU for this artifact, beyond activations and KV."""
+    from varrt.engines.trt_config import engine_weight_bytes, scratch_bytes
+
+    per = engine_weight_bytes(m)
+    text = (
+        f"{_mib(sum(per.values()))} with every engine loaded (one engine per component, each with its own copy "
+        "of the weights it uses: "
+        + " + ".join(f"{c} {_mib(n)}" for c, n in per.items())
+        + "; engines load on first use)"
+    )
+    scratch = scratch_bytes(m)
+    return text + (f"; {_mib(scratch)} of scratch for FastVAR's left-out deltas" if scratch else "")
 
 
 def _inspect_engine(path: Path, meta: dict) -> Table:
