@@ -338,6 +338,16 @@ def random_models(
     )
 
 
+@torch.no_grad()
+def perturb(module: torch.nn.Module, std: float = 0.02, seed: int = 1) -> torch.nn.Module:
+    """Add N(0, std) noise to every parameter: the official initialisation starts each block near
+    the identity (AdaLN gammas ~1e-5), which random-weight tests and timings must not measure."""
+    g = torch.Generator().manual_seed(seed)
+    for p in module.parameters():
+        p.add_((torch.randn(p.shape, generator=g) * std).to(device=p.device, dtype=p.dtype))
+    return module
+
+
 def load_models(
     checkpoint: str | os.PathLike,
     vae: str | os.PathLike,

@@ -79,14 +79,20 @@ def machine() -> dict:
 
 def versions() -> dict:
     import onnx
-    import onnxruntime
 
     from varrt.export.artifact import varrt_version
 
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:  # an extra
+        ort = None
     return {
         "varrt": varrt_version(),
         "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
+        "cuda": torch.version.cuda,
+        "onnxruntime": ort,
         "onnx": onnx.__version__,
     }
 

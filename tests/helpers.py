@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from varrt.export.bsq_vae import BSQVAE
+from varrt.export.checkpoint import perturb
 from varrt.export.configs import PATCH_NUMS_256, VARConfig, VQVAEConfig
 from varrt.export.infinity import Infinity
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig, InfinitySchedule
@@ -45,13 +46,8 @@ def tiny_var(
         num_classes=num_classes,
         name=f"var-tiny-d{depth}",
     )
-    var = VAR(cfg).init_weights(seed)
     # init_weights starts every block near the identity; perturb so that attention and the AdaLN matter
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in var.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-    return var.eval().requires_grad_(False)
+    return perturb(VAR(cfg).init_weights(seed), 0.02, seed + 1).eval().requires_grad_(False)
 
 
 def tiny_vqvae(patch_nums=PATCH_NUMS_256, vocab: int = 4096) -> VQVAE:

@@ -31,6 +31,7 @@ def test_build_config_is_validated():
         BuildConfig(opt_level=7)
     with pytest.raises(ValueError, match="--workspace must be > 0"):
         BuildConfig(workspace_gib=0)
+    assert BuildConfig(tf32=False).resolved()["tf32"] is False
     assert BuildConfig().resolved() == {
         "opt_level": 3,
         "workspace_gib": 4.0,
@@ -122,14 +123,75 @@ def test_doctor_and_inspect_on_cpu(tiny_artifact, capsys):
     assert main(["inspect", str(tiny_artifact / "nope")]) == 2
 
 
-def test_build_without_tensorrt_says_how_to_get_it(tiny_artifact, capsys):
+def _tensorrt_importable() -> bool:
     try:
         import tensorrt  # noqa: F401
-    except ImportError:
-        assert main(["build", str(tiny_artifact)]) == 2
-        assert "pip install 'varrt[trt]'" in capsys.readouterr().err
-    else:
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "ARTIFACT", "--no-tf32"],
+        ["generate", "--class", "1", "--backend", "trt"],
+        ["eval", "--backend", "trt", "--policy", "fastvar"],
+        ["bench", "--backends", "torch,trt"],
+        ["demo", "--backend", "trt"],
+        ["compare", "ARTIFACT", "--backends", "torch,trt"],
+    ],
+)
+def test_tensorrt_verbs_without_tensorrt_say_how_to_get_it_in_one_line(argv, tiny_artifact, capsys):
+    """Every verb that runs TensorRT takes --backend trt and, without TensorRT, fails before any
+    export or model loading with one line: what is missing and how to install it."""
+    if _tensorrt_importable():
         pytest.skip("TensorRT is installed here; this test is about machines without it")
+    argv = [str(tiny_artifact) if a == "ARTIFACT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert (
+        err.startswith(f"varrt {argv[0]}: error: TensorRT is not installed")
+        and "pip install -e '.[gpu,trt-cu12]'" in err
+    )
+    assert "invalid choice" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("verb", [["generate", "--class", "1"], ["demo"], ["eval"], ["bench", "--backends"]])
+def test_torch_graph_without_a_gpu_is_one_line(verb, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here; this test is about machines without one")
+    argv = [*verb, "torch-graph"] if verb[-1] == "--backends" else [*verb, "--backend", "torch-graph"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch-graph needs a CUDA GPU" in err and "On an NVIDIA GPU" in err
+
+
+def test_doctor_names_what_each_backend_lacks():
+    from varrt.runtime.inspect import MachineFacts, missing
+
+    cpu = MachineFacts(None, (), "no nvidia-smi on PATH", ("CPUExecutionProvider",), None, "TensorRT is not installed")
+    lacks = missing(cpu)
+    assert lacks["ort (CPU)"] == []
+    assert any("CUDA build of torch" in m for m in lacks["torch-graph"])
+    assert any("TensorRT 10.12-11.x" in m and "trt-cu12" in m for m in lacks["trt"])
+    assert any("onnxruntime-gpu" in m for m in lacks["ort (CUDA)"])
+    gpu = MachineFacts("12.8", ("NVIDIA H200 (sm 9.0)",), "NVIDIA H200, 570.1", ("CUDAExecutionProvider",), None)
+    assert missing(gpu)["torch-graph"] == [] and missing(gpu)["ort (CUDA)"] == []
+    assert [m.split(" (")[0] for m in missing(gpu)["trt"]] == ["TensorRT 10.12-11.x"]
+    ready = MachineFacts("12.8", ("NVIDIA H200 (sm 9.0)",), "ok", ("CUDAExecutionProvider",), "10.13.2.6")
+    assert all(v == [] for v in missing(ready).values())
+    no_ort = MachineFacts("12.8", ("G",), "ok", None, "11.4.0.106")
+    assert "onnxruntime: pip install -e '.[cpu]'" in missing(no_ort)["ort (CPU)"][0]
+
+
+def test_build_parses_tf32_and_strict_weights():
+    from varrt.runtime.cli import build_parser
+
+    args = build_parser().parse_args(["build", "d16/", "--no-tf32", "--strict-weights"])
+    assert args.tf32 is False and args.strict_weights
+    assert build_parser().parse_args(["build", "d16/"]).tf32 is True
 
 
 def test_compare_torch_and_ort_with_polygraphy(tiny_artifact, capsys):
