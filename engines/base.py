@@ -33,7 +33,8 @@ class Engine(Protocol):
     backend: str
     var_config: VARConfig
     vqvae_config: VQVAEConfig
-    #: dtype of the transformer's matmuls and KV cache ("float32", "float16", "bfloat16")
+    #: dtype of the graphs' inputs, outputs and KV cache ("float32", "float16", "bfloat16"); a
+    #: quantized artifact (int8, fp8) computes its matmuls lower but takes and returns float32
     precision: str
     #: codebook and Phi convolutions: the runtime accumulates f_hat with them (torch, fp32)
     quantizer: MultiScaleQuantizer
@@ -54,7 +55,9 @@ class Engine(Protocol):
 def adopt_manifest(engine, manifest, directory, device: torch.device | None = None) -> None:
     """Set a compiled engine's model attributes from its artifact: ``var_config``, ``vqvae_config``
     and ``quantizer`` for VAR; ``config`` and ``vae_config`` for Infinity (codes need no quantizer)."""
-    engine.precision, engine.kv_capacity = manifest.precision, manifest.kv_capacity
+    from varrt.export.quantize import io_precision
+
+    engine.precision, engine.kv_capacity = io_precision(manifest.precision), manifest.kv_capacity
     if manifest.family == "infinity":
         engine.config, engine.vae_config = manifest.infinity, manifest.bsq_vae
         engine.schedule = manifest.infinity_schedule

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from varrt.engines.base import BackendUnavailable, EngineError, adopt_manifest
+from varrt.engines.cuda_graphs import BufferPool
 from varrt.export.artifact import Manifest, read_manifest, verify_files
-from varrt.export.graphs import GraphSpec
+from varrt.export.graphs import GraphSpec, TensorSpec
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -34,7 +35,10 @@ def _import_ort():
     return ort
 
 
-def session_options(threads: int | None, optimization: str = "all", disable_fallback: bool = False):
+def session_options(
+    threads: int | None, optimization: str = "all", disable_fallback: bool = False, profile: str | None = None
+):
+    """``profile``: a path prefix for ONNX Runtime's per-node profile (one JSON file per session)."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -49,6 +53,9 @@ def session_options(threads: int | None, optimization: str = "all", disable_fall
     so.log_severity_level = 3
     if disable_fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if profile:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile)
     return so
 
 
@@ -64,7 +71,10 @@ class OrtEngine:
         threads: int | None = None,
         optimization: str = "all",
         verify: bool = True,
+        profile: str | os.PathLike | None = None,
     ) -> None:
+        """``profile``: record ONNX Runtime's per-node profile of every call (with this path
+        prefix); :meth:`end_profiling` writes it and returns the files."""
         ort = _import_ort()
         self.artifact = Path(artifact)
         self.manifest: Manifest = read_manifest(self.artifact)
@@ -84,7 +94,7 @@ class OrtEngine:
         self.providers = providers
         on_gpu = providers[0] in GPU_PROVIDERS
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-        so = session_options(threads, optimization, disable_fallback=on_gpu)
+        so = session_options(threads, optimization, on_gpu, str(profile) if profile else None)
         self.sessions = {}
         for comp, meta in m.components.items():
             sess = ort.InferenceSession(str(self.artifact / meta["file"]), so, providers=providers)
@@ -96,9 +106,29 @@ class OrtEngine:
                 )
             self.sessions[comp] = sess
         self._graphs = {g.name: g for g in m.graphs}
+        self.buffers = BufferPool(self.device)
 
     def has_graph(self, graph: GraphSpec) -> bool:
-        return self._graphs.get(graph.name) == graph
+        """An exported graph, or another static shape of an exported graph's structure (component,
+        blocks, outputs) that the component's session takes: a session runs the symbolic graph, so
+        an artifact exported for batch 1 also runs batch 4. (TensorRT stays strict: its profiles
+        are the exported shapes.)"""
+        if self._graphs.get(graph.name) == graph:
+            return True
+        if graph.component not in self.sessions or all(g.structure != graph.structure for g in self._graphs.values()):
+            return False
+        sess = self.sessions[graph.component]
+        inputs = {i.name: i for i in sess.get_inputs()}
+        outputs = {o.name: o for o in sess.get_outputs()}
+        return set(inputs) == {t.name for t in graph.inputs} and all(
+            t.name in io and _takes(io[t.name], t)
+            for io, specs in ((inputs, graph.inputs), (outputs, graph.outputs))
+            for t in specs
+        )
+
+    def end_profiling(self) -> dict[str, Path]:
+        """Stop profiling (an engine made with ``profile``): the profile file of each component."""
+        return {comp: Path(sess.end_profiling()) for comp, sess in self.sessions.items()}
 
     def run(self, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if not self.has_graph(graph):
@@ -108,50 +138,53 @@ class OrtEngine:
                 "re-export with the plan and batch that need it (`varrt export --plan ... --batch ...`)"
             )
         graph.check_feeds(dict(feeds))
-        sess = self.sessions[graph.component]
-        if self.device.type == "cpu":
-            feeds = live_prefix(feeds)
-            outs = sess.run(None, {k: v.detach().contiguous().numpy() for k, v in feeds.items()})
-            return {spec.name: torch.from_numpy(o) for spec, o in zip(graph.outputs, outs)}
-        return self._run_bound(sess, graph, feeds)
-
-    def _run_bound(self, sess, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """GPU: bind torch CUDA tensors by address (no host round trip)."""
-        binding = sess.io_binding()
-        idx = self.device.index or 0
         for spec in (*graph.inputs, *graph.outputs):
             if spec.torch_dtype not in _NP:
                 raise EngineError(
                     f"ONNX Runtime's I/O binding has no numpy type for {spec.dtype} ({spec.name}); run "
                     "bfloat16 artifacts on the trt or torch-graph backend"
                 )
+        return self._run_bound(self.sessions[graph.component], graph, feeds)
+
+    def allocate(self, spec: TensorSpec, index: int = 0) -> Tensor:
+        """The ``index``-th KV buffer of this shape, the same zeroed memory every generation: no
+        fresh allocation (and page faults) per generation, and an address the I/O binding sees
+        every call."""
+        return self.buffers.take(spec, index)
+
+    def _run_bound(self, sess, graph: GraphSpec, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Inputs bound by address (read in place: no numpy conversion, no copy; the KV cache is the
+        whole fixed buffer, the graph reads its live prefix). Outputs: on the CPU, ORT allocates them
+        from its arena (memory reused call after call, no page faults) and torch wraps them without
+        a copy; on the GPU, they are written into torch CUDA tensors (no host round trip)."""
+        binding = sess.io_binding()
+        kind, idx = self.device.type, self.device.index or 0
         keep = []
         for spec in graph.inputs:
             t = feeds[spec.name].to(self.device).contiguous()
             keep.append(t)
-            binding.bind_input(spec.name, "cuda", idx, _NP[t.dtype], tuple(t.shape), t.data_ptr())
+            binding.bind_input(spec.name, kind, idx, _NP[t.dtype], tuple(t.shape), t.data_ptr())
+        if kind == "cpu":
+            for spec in graph.outputs:
+                binding.bind_output(spec.name, "cpu")
+            sess.run_with_iobinding(binding)
+            return {s.name: torch.from_numpy(v.numpy()) for s, v in zip(graph.outputs, binding.get_outputs())}
         outs = {s.name: torch.empty(s.shape, dtype=s.torch_dtype, device=self.device) for s in graph.outputs}
         for name, t in outs.items():
-            binding.bind_output(name, "cuda", idx, _NP[t.dtype], tuple(t.shape), t.data_ptr())
+            binding.bind_output(name, kind, idx, _NP[t.dtype], tuple(t.shape), t.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch are ready
         sess.run_with_iobinding(binding)
         return outs
 
 
-def live_prefix(feeds: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    """Cut the KV cache to its live prefix before a CPU run.
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "bfloat16": "tensor(bfloat16)"}
 
-    The static graphs take the whole fixed-capacity cache (T slots) with the unused slots masked,
-    which TensorRT and CUDA graphs want; on the CPU, ONNX Runtime's symbolic-capacity session would
-    spend most of an early scale concatenating and attending over empty slots (var-d16: 680 slots
-    when 1-30 are live). Slots are filled in order, so everything after the last slot that any
-    block sees is dead; dropping it changes no result (masked slots add exp(-inf) = 0).
-    """
-    if "kv" not in feeds or "kv_bias" not in feeds:
-        return feeds
-    bias = feeds["kv_bias"]
-    live = (bias == 0).reshape(-1, bias.shape[-1]).any(0).nonzero()
-    end = int(live[-1]) + 1 if live.numel() else 1
-    if end == bias.shape[-1]:
-        return feeds
-    return {**feeds, "kv": feeds["kv"][:, :, :, :, :end], "kv_bias": bias[..., :end]}
+
+def _takes(arg, spec) -> bool:
+    """Whether a session input/output (its type and its fixed and symbolic dims) fits ``spec``."""
+    want = _ORT_TYPES.get(spec.dtype, f"tensor({spec.dtype})")
+    return (
+        arg.type == want
+        and len(arg.shape) == len(spec.shape)
+        and all(not isinstance(d, int) or d == n for d, n in zip(arg.shape, spec.shape))
+    )

@@ -40,7 +40,7 @@ class TorchEngine:
     def module(self, graph: GraphSpec) -> torch.nn.Module:
         if graph.structure not in self._modules:
             self._modules[graph.structure] = graph_module(
-                graph.component, self.var, self.vqvae, graph.blocks, graph.returns_deltas
+                graph.component, self.var, self.vqvae, graph.blocks, graph.output_names
             )
         return self._modules[graph.structure]
 
@@ -75,7 +75,7 @@ class InfinityTorchEngine:
         """One module per structure: a layer set or a pruned range is graph structure."""
         if graph.structure not in self._modules:
             self._modules[graph.structure] = infinity_graph_module(
-                graph.component, self.model, self.vae, self.text_encoder, graph.blocks, graph.returns_deltas
+                graph.component, self.model, self.vae, self.text_encoder, graph.blocks, graph.output_names
             )
         return self._modules[graph.structure]
 

@@ -34,6 +34,7 @@ from varrt.engines.trt_config import (
 )
 from varrt.engines.trt_log import TrtLog, make_logger
 from varrt.export.artifact import Manifest, atomic_write_text, read_manifest, verify_files
+from varrt.export.quantize import QUANTIZED, TENSORRT_QUANTIZED
 
 Say = Callable[[str], None]
 
@@ -232,5 +233,10 @@ def build_artifact(
         raise ValueError(
             f"{artifact} holds {manifest.precision} graphs; TensorRT builds what the ONNX says (strongly "
             f"typed): export with --precision {precision} first"
+        )
+    if manifest.precision in QUANTIZED and manifest.precision not in TENSORRT_QUANTIZED:
+        raise ValueError(
+            f"{artifact} holds {manifest.precision} graphs, ONNX Runtime's CPU form (DynamicQuantizeLinear is not a "
+            "TensorRT op): export with --precision int8 (Q/DQ) for TensorRT"
         )
     return {c: build_component(artifact, manifest, c, config, say, strict_weights) for c in manifest.components}

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from varrt.engines.trt_bindings import scratch_layout
 from varrt.export.artifact import Manifest, cache_dir
 from varrt.export.graphs import GraphSpec
 
@@ -98,9 +99,12 @@ def profile_shapes(graph: GraphSpec) -> dict[str, tuple[int, ...]]:
 
 
 def cache_key(manifest: Manifest, component: str, config: BuildConfig, target: Target) -> str:
+    """What an engine depends on. Its weights are those the component reads (recorded per component
+    since artifact format 2), not all of weights.bin, which a checkpoint's pack may grow later."""
+    meta = manifest.components[component]
     identity = {
-        "onnx": manifest.components[component]["sha256"],
-        "weights": manifest.files["weights.bin"]["sha256"],
+        "onnx": meta["sha256"],
+        "weights": meta.get("weights_sha256") or manifest.files["weights.bin"]["sha256"],
         "precision": manifest.precision,
         "config": config.resolved(),
         "tensorrt": target.trt_version,
@@ -183,12 +187,26 @@ def engine_weight_bytes(manifest: Manifest) -> dict[str, int]:
     return {c: int(meta.get("weight_bytes") or 0) for c, meta in manifest.components.items()}
 
 
+def left_out_bytes(graph: GraphSpec) -> dict[str, int]:
+    """Bytes of each output a component's engine writes but ``graph`` leaves out: FastVAR's pruned
+    scales leave out ``new_deltas`` (shaped like their ``deltas`` input); a StageVAR low-rank scale
+    that no later scale reads leaves out ``new_kv`` (the cache's layout for the scale's N tokens)
+    and ``chunk_hidden`` (shaped like its ``chunk_restore`` input)."""
+    kept, inputs = set(graph.output_names), {t.name: t for t in graph.inputs}
+    nbytes = lambda shape, t: math.prod(shape) * t.torch_dtype.itemsize  # noqa: E731
+    out = {}
+    if "deltas" in inputs and "new_deltas" not in kept:
+        out["new_deltas"] = nbytes(inputs["deltas"].shape, inputs["deltas"])
+    if "chunk_restore" in inputs and "new_kv" not in kept:
+        kv, n = inputs["kv"], inputs["x"].shape[1]
+        out["new_kv"] = nbytes((*kv.shape[:4], n, *kv.shape[5:]), kv)
+        out["chunk_hidden"] = nbytes(inputs["chunk_restore"].shape, inputs["chunk_restore"])
+    return out
+
+
 def scratch_bytes(manifest: Manifest) -> int:
-    """GPU scratch for outputs a graph leaves out but its engine writes: FastVAR's pruned scales
-    leave out ``new_deltas``, whose shape is their ``deltas`` input's; one buffer of the largest."""
-    sizes = [
-        math.prod(g.input("deltas").shape) * g.input("deltas").torch_dtype.itemsize
-        for g in manifest.graphs
-        if not g.returns_deltas and any(t.name == "deltas" for t in g.inputs)
-    ]
-    return max(sizes, default=0)
+    """GPU scratch for the outputs graphs leave out but their engines write (:func:`left_out_bytes`):
+    one buffer of the largest call's, packed as the engine packs it."""
+    return max(
+        (scratch_layout(list(sizes.values()))[1] for g in manifest.graphs if (sizes := left_out_bytes(g))), default=0
+    )

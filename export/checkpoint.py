@@ -226,6 +226,24 @@ def _load_strict(
     own = {k: v for k, v in sd.items() if k in full and full[k].shape == v.shape}
     full.update(own)
     model.load_state_dict(full, strict=True)
+    reject_non_finite(model, source)
+
+
+def reject_non_finite(model: torch.nn.Module, source: str) -> None:
+    """Refuse weights that hold NaN or Inf: such a model exports, compares "equal" (NaN differences
+    compare as 0) and fails only while sampling. Parameters only: buffers such as attention masks
+    hold -inf on purpose."""
+    bad = [
+        f"{name} ({int(torch.isnan(p).sum())} NaN, {int(torch.isinf(p).sum())} Inf)"
+        for name, p in model.named_parameters()
+        if p.is_floating_point() and not bool(torch.isfinite(p).all())
+    ]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{source} holds NaN/Inf weights in {len(bad)} tensor(s): {', '.join(bad[:3])}{more}; "
+            "the file is damaged or its training diverged — use another checkpoint"
+        )
 
 
 def load_var(

@@ -1,13 +1,13 @@
-"""Write an export artifact: component graphs, static specialisations, one weights file, checks.
+"""Write an export artifact: the component graphs (from the checkpoint's pack), one weights file, checks.
 
-The directory is assembled under a temporary name and renamed into place at the end, so a crash
-or Ctrl-C never leaves a half-written artifact behind.
+The export cache (``runtime/artifacts.py``) assembles it in a staging folder, validates it there and
+only then renames it into place (``export/staging.py``), so a crash, a Ctrl-C or a failed check never
+leaves a half-written or unvalidated artifact where the next run would reuse it.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,14 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from varrt.export.artifact import (
-    QUANTIZER,
-    WEIGHTS,
-    ArtifactError,
-    Manifest,
-    environment,
-    file_sha256,
-)
+from varrt.export.artifact import QUANTIZER, WEIGHTS, Manifest, environment, file_sha256
 from varrt.export.checkpoint import save_safetensors
 from varrt.export.graphs import (
     COMPONENTS,
@@ -32,13 +25,25 @@ from varrt.export.graphs import (
     FastVarShape,
     GraphSpec,
     StepShape,
+    ToProVarShape,
     conditioner_spec,
     decoder_spec,
     fastvar_spec,
     graph_module,
+    toprovar_spec,
     transformer_spec,
 )
-from varrt.export.onnx_export import export_component, merge_weights, specialize, weight_bytes
+from varrt.export.onnx_export import export_component, specialize, weight_bytes
+from varrt.export.pack import Pack
+from varrt.export.quantize import (
+    QUANTIZED,
+    TENSORRT_QUANTIZED,
+    TRANSFORMER_COMPONENTS,
+    check_precision,
+    io_precision,
+    quantize_component,
+)
+from varrt.export.stagevar import stagevar_spec, stagevar_trace_shape
 from varrt.export.trt_ops import unsupported_ops
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
@@ -47,17 +52,23 @@ Progress = Callable[[str], None]
 
 
 class ExportError(RuntimeError):
-    """The export produced graphs that fail a check (ONNX checker, TensorRT op support)."""
+    """The export produced graphs that fail a check (ONNX checker, TensorRT op support, static shapes)."""
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    precision: str = "float32"  # matmul / KV dtype of the transformer and decoder graphs
+    precision: str = "float32"  # matmul / KV dtype, or a quantized recipe (export/quantize.py)
     opset: int = 20  # native LayerNormalization (17) and Gelu (20); TensorRT 10 parses 9-20
+    calibrate: int | None = None  # quantized precisions: calibration generations (None: the default)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"precision must be float32, float16 or bfloat16, got {self.precision!r}")
+        check_precision(self.precision)
+        if self.calibrate is not None and self.calibrate < 1:
+            raise ValueError(f"--calibrate takes the number of calibration generations (>= 1), got {self.calibrate}")
+        if self.calibrate is not None and self.precision not in ("int8", "fp8"):
+            raise ValueError(
+                f"--calibrate sets the calibration of an int8 / fp8 export; precision {self.precision} has none"
+            )
         if not 18 <= self.opset <= 20:
             raise ValueError(f"opset {self.opset}: varrt exports opset 18-20 (TensorRT 10's parser covers 9-20)")
 
@@ -66,8 +77,9 @@ def precision_models(var: VAR, vqvae: VQVAE, precision: str) -> tuple[VAR, VQVAE
     """The models as a ``precision`` export computes: the graphs' precision is the modules' dtype
     (copies are converted, never the caller's models). ONNX Conv takes bfloat16 only from opset 22
     (varrt pins 18-20 for TensorRT 10), so a bfloat16 export keeps the decoder (a small share of
-    the time) in float32; float16 converts it too."""
-    dtype = DTYPES[precision]
+    the time) in float32; float16 converts it too. Quantized precisions trace in float32 (they are
+    quantized after export)."""
+    dtype = DTYPES[io_precision(precision)]
     var_x = var if dtype == torch.float32 else copy.deepcopy(var).to(dtype)
     if dtype != torch.float16:
         return var_x, vqvae
@@ -84,10 +96,19 @@ def trace_spec(component: str, var: VAR, vqvae: VQVAE, precision: str, blocks: t
     if component in ("transformer", "transformer_probe", "transformer_layers"):
         # blocks is the layer set of a transformer_layers graph and None for the other two
         probe = component == "transformer_probe"
-        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=probe, layers=blocks)
+        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, probe=probe, layers=blocks, past=9)
         return transformer_spec(var.cfg, shape, precision)
     if component == "transformer_fastvar":
-        return fastvar_spec(var.cfg, FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks), precision)
+        shape = FastVarShape(rows=3, tokens=7, keep=5, capacity=11, blocks=blocks, past=9)
+        return fastvar_spec(var.cfg, shape, precision)
+    if component == "transformer_toprovar":
+        keeps = (5,) * (var.cfg.depth - blocks[0] - 1)
+        return toprovar_spec(var.cfg, ToProVarShape(3, 7, keeps, 11, entropy_block=blocks[0], past=9), precision)
+    if component == "transformer_chunks":
+        shape = StepShape(rows=3, tokens=5, outputs=7, capacity=11, chunk=blocks[0], past=9)
+        return transformer_spec(var.cfg, shape, precision)
+    if component == "transformer_stagevar":
+        return stagevar_spec(var.cfg, stagevar_trace_shape(blocks, capacity=11), precision)
     return decoder_spec(vqvae.cfg, 3, side=vqvae.cfg.patch_nums[-1])
 
 
@@ -121,106 +142,163 @@ def export_artifact(
     export_key: str,
     request: dict | None = None,
     progress: Progress | None = None,
+    pack: Pack | None = None,
+    calibration: dict[str, list[dict]] | None = None,
+    quantization: dict | None = None,
 ) -> Manifest:
-    """Export ``var`` + ``vqvae`` for the static ``graphs`` into the directory ``out``."""
+    """Write the artifact of ``var`` + ``vqvae`` for the static ``graphs`` into the folder ``out``.
+
+    The components come from ``pack`` (traced there if it lacks them) or, without one, are traced
+    for this artifact alone. A quantized precision rewrites the transformer components with
+    ``calibration`` (feeds per component, see runtime/calibration.py) into the artifact's own files;
+    ``quantization`` (recipe and calibration set) goes into the manifest. ``out`` is written in
+    place: the export cache (:func:`varrt.runtime.artifacts.ensure_artifact`) passes a staging
+    folder, validates it and then publishes it."""
     say = progress or (lambda _msg: None)
     out = Path(out)
-    work = staging_dir(out)
-    try:
-        var_x, vqvae_x = precision_models(var, vqvae, config.precision)
-        raw = work / "raw"
-        raw.mkdir()
-        exported, logs = {}, []
+    out.mkdir(parents=True, exist_ok=True)
+    var_x, vqvae_x = precision_models(var, vqvae, config.precision)
+    traced = io_precision(config.precision)  # a quantized precision traces in fp32 (quantized after)
+
+    def trace(comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
+        module = graph_module(comp, var_x, vqvae_x, blocks)
         with torch.no_grad():
-            for comp, blocks in components_of(graphs).items():
-                say(f"export {comp}")
-                path = raw / f"{comp}.onnx"
-                module = graph_module(comp, var_x, vqvae_x, blocks)
-                spec = trace_spec(comp, var, vqvae, config.precision, blocks)
-                logs.append(f"== {comp}\n" + export_component(module, spec, path, config.opset))
-                exported[comp] = path
-        components, static = write_graphs(exported, graphs, work, logs, say)
+            return export_component(module, trace_spec(comp, var, vqvae, traced, blocks), path, config.opset)
 
-        quant = {k: v.float() for k, v in vqvae.quantize.state_dict().items()}
-        save_safetensors(quant, work / QUANTIZER, {"vqvae": vqvae.cfg.to_dict()})
-        manifest = Manifest(
-            var=var.cfg,
-            vqvae=vqvae.cfg,
-            precision=config.precision,
-            opset=config.opset,
-            batch=batch,
-            kv_capacity=kv_capacity,
-            plans=plans,
-            graphs=list(graphs),
-            components=components,
-            static_graphs=static,
-            files=file_entries(work, (WEIGHTS, QUANTIZER)),
-            source=source,
-            export_key=export_key,
-            request=request or {},
-            validation={"onnx_checker": "passed", "tensorrt_ops": "passed"},
-            environment=environment(),
+    quantization = dict(quantization or {})
+    quantize = quantizer(config.precision, calibration or {}, quantization, say)
+    trt = tensorrt_checked(config.precision)
+    components, files = write_components(components_of(graphs), trace, graphs, out, pack, say, quantize, trt)
+    quant = {k: v.float() for k, v in vqvae.quantize.state_dict().items()}
+    save_safetensors(quant, out / QUANTIZER, {"vqvae": vqvae.cfg.to_dict()})
+    manifest = Manifest(
+        var=var.cfg,
+        vqvae=vqvae.cfg,
+        precision=config.precision,
+        opset=config.opset,
+        batch=batch,
+        kv_capacity=kv_capacity,
+        plans=plans,
+        graphs=list(graphs),
+        components=components,
+        files={**files, **file_entries(out, (QUANTIZER,))},
+        source=source,
+        export_key=export_key,
+        request=request or {},
+        validation={**CHECKS_PASSED, "tensorrt_ops": tensorrt_validation(config.precision)},
+        environment=environment(),
+        quantization=quantization,
+    )
+    manifest.write(out)
+    return manifest
+
+
+#: what every written artifact has passed (``write_components`` raises otherwise)
+CHECKS_PASSED = {"onnx_checker": "passed", "tensorrt_ops": "passed", "static_shapes": "passed"}
+Trace = Callable[[str, "tuple[int, ...] | None", Path], str]
+#: a quantized precision's rewrite of one component: (component, fp32 graph, destination graph)
+Quantize = Callable[[str, Path, Path], None]
+
+
+def quantizer(precision: str, feeds: dict[str, list[dict]], quantization: dict, say: Progress) -> Quantize | None:
+    """The rewrite of a quantized ``precision`` (None for the others), recording what each
+    component got in ``quantization["components"]``."""
+    if precision not in QUANTIZED:
+        return None
+    done = quantization.setdefault("components", {})
+
+    def quantize(comp: str, src: Path, dst: Path) -> None:
+        say(f"quantize {comp} ({precision})")
+        done[comp] = quantize_component(src, dst, precision, feeds.get(comp))
+
+    return quantize
+
+
+def tensorrt_checked(precision: str) -> bool:
+    """Whether the graphs of ``precision`` are meant for TensorRT (and so checked against its ops)."""
+    return precision not in QUANTIZED or precision in TENSORRT_QUANTIZED
+
+
+def tensorrt_validation(precision: str) -> str:
+    if tensorrt_checked(precision):
+        return "passed"
+    return f"not checked: {precision} is ONNX Runtime's CPU form (DynamicQuantizeLinear, MatMulInteger), not TensorRT's"
+
+
+def write_components(
+    wanted: dict[str, tuple[int, ...] | None],
+    trace: Trace,
+    graphs: Sequence[GraphSpec],
+    work: Path,
+    pack: Pack | None,
+    say: Progress,
+    quantize: Quantize | None = None,
+    trt: bool = True,
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The component graphs of an artifact in ``work``, from ``pack`` (traced there by
+    ``trace(component, blocks, path) -> log`` when it lacks them), all pointing into one weights.bin,
+    and checked: the ONNX checker and (``trt``) TensorRT's op matrix on every file, strict shape
+    inference at every static shape of ``graphs``.
+
+    With ``quantize``, the transformer components are rewritten from the pack's fp32 graphs into
+    the artifact's own ``<component>.onnx`` + ``.onnx.data``: their weights are not the checkpoint's,
+    so they never go into (or share) the pack. Returns (the manifest's components, its files)."""
+    private = pack is None
+    if private:
+        pack = Pack(work / ".pack")
+    packed = {
+        comp: pack.component(comp, blocks, lambda path, c=comp, b=blocks: trace(c, b, path), say)
+        for comp, blocks in wanted.items()
+    }
+    own = [c for c in packed if quantize is not None and c in TRANSFORMER_COMPONENTS]
+    components, weights = pack.place({c: e for c, e in packed.items() if c not in own}, work)
+    files = {WEIGHTS: weights}
+    for comp in own:
+        components[comp], files[f"{comp}.onnx.data"] = quantized_component(
+            comp, pack.root / f"{packed[comp].stem}.onnx", work, quantize
         )
-        manifest.write(work)
-        publish(work, out)
-        return manifest
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    components = {c: components[c] for c in packed}  # the export order
+    if private:
+        shutil.rmtree(pack.root)
+    (work / "export.log").write_text("\n".join(f"== {c}\n{p.log}" for c, p in packed.items()))
+    for comp, blocks in wanted.items():
+        if blocks is not None:
+            components[comp]["blocks"] = list(blocks)
+    checks = "ONNX checker" + (", TensorRT op support" if trt else "")
+    say(f"check graphs ({checks}, shapes at {len(graphs)} static shapes)")
+    check_graphs(work, [c["file"] for c in components.values()], trt=trt)
+    check_static_shapes(work, components, graphs)
+    return components, files
 
 
-def write_graphs(
-    exported: dict[str, Path], graphs: Sequence[GraphSpec], work: Path, logs: list[str], say: Progress
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """From the traced components in ``exported`` to the artifact's graphs: one shared weights file,
-    the component graphs (with their static block structure, where they have one), every static
-    shape, all checked. Returns (components, static graphs)."""
-    say("merge weights")
-    models = merge_weights(exported, work, WEIGHTS)
-    shutil.rmtree(next(iter(exported.values())).parent)
-    (work / "export.log").write_text("\n".join(logs))
-    components = {}
-    for comp, model in models.items():
-        onnx.save_model(model, str(work / f"{comp}.onnx"))
-        components[comp] = {
-            "file": f"{comp}.onnx",
-            "sha256": file_sha256(work / f"{comp}.onnx", use_cache=False),
-            "weight_bytes": weight_bytes(model),
-        }
-    for spec in graphs:
-        if spec.blocks is not None:
-            components[spec.component]["blocks"] = list(spec.blocks)
-    static = {}
-    for spec in graphs:
-        say(f"specialise {spec.name}")
-        onnx.save_model(specialize(models[spec.component], spec), str(work / f"{spec.name}.onnx"))
-        static[spec.name] = f"{spec.name}.onnx"
-    say("check graphs (ONNX checker, TensorRT op support)")
-    check_graphs(work, [*(c["file"] for c in components.values()), *static.values()])
-    return components, static
+def quantized_component(comp: str, fp32: Path, work: Path, quantize: Quantize) -> tuple[dict, dict]:
+    """``comp``'s quantized graph in ``work`` from the fp32 graph ``fp32`` (a pack's): the quantizer
+    reads a private copy (it writes temporary files beside its input, which a shared pack must not
+    get). Returns the manifest's component entry and the entry of its weights file."""
+    src = Path(tempfile.mkdtemp(prefix=f".{comp}.fp32-", dir=work)) / f"{comp}.onnx"
+    dst = work / f"{comp}.onnx"
+    try:
+        onnx.save_model(onnx.load(str(fp32)), str(src), save_as_external_data=True, location=f"{comp}.onnx.data")
+        quantize(comp, src, dst)
+    finally:
+        shutil.rmtree(src.parent, ignore_errors=True)
+    data = file_entries(work, (f"{comp}.onnx.data",))[f"{comp}.onnx.data"]
+    meta = {
+        "file": dst.name,
+        "sha256": file_sha256(dst, use_cache=False),
+        "weight_bytes": weight_bytes(onnx.load(str(dst), load_external_data=False)),
+        "weights_sha256": data["sha256"],
+    }
+    return meta, data
 
 
 def file_entries(work: Path, names: Sequence[str]) -> dict[str, dict]:
     return {n: {"sha256": file_sha256(work / n, use_cache=False), "bytes": (work / n).stat().st_size} for n in names}
 
 
-def staging_dir(out: Path) -> Path:
-    """A fresh temporary directory beside ``out``: an export is assembled there, then renamed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def publish(work: Path, out: Path) -> None:
-    """Make the finished artifact readable by all (mkdtemp and safetensors create owner-only
-    entries; an artifact is meant to be shared) and move it into place."""
-    os.chmod(work, 0o755)
-    for f in work.iterdir():
-        os.chmod(f, 0o644)
-    _replace_dir(work, out)
-
-
-def check_graphs(directory: Path, files: Sequence[str]) -> None:
-    """onnx.checker (on the path, so external data resolves) and TensorRT's op matrix, every graph."""
+def check_graphs(directory: Path, files: Sequence[str], trt: bool = True) -> None:
+    """onnx.checker (on the path, so external data resolves) and TensorRT's op matrix (unless the
+    graphs are ONNX Runtime's own form), every graph."""
     problems = []
     for rel in files:
         path = directory / rel
@@ -228,20 +306,24 @@ def check_graphs(directory: Path, files: Sequence[str]) -> None:
             onnx.checker.check_model(str(path), full_check=True)
         except onnx.checker.ValidationError as e:
             problems.append(f"{rel}: ONNX checker: {str(e).splitlines()[0]}")
-        for p in unsupported_ops(onnx.load(str(path), load_external_data=False)):
+        model = onnx.load(str(path), load_external_data=False)
+        for p in unsupported_ops(model, str(path.parent)) if trt else ():
             problems.append(f"{rel}: {p}")
     if problems:
         raise ExportError("exported graphs failed their checks:\n  " + "\n  ".join(problems))
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished artifact into place; an older one at ``dst`` is swapped out, then removed."""
-    old = None
-    if dst.exists():
-        if not (dst / "manifest.json").exists() and any(dst.iterdir()):
-            raise ArtifactError(f"{dst} exists and is not a varrt artifact; choose another --out or empty it")
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def check_static_shapes(directory: Path, components: dict[str, dict], graphs: Sequence[GraphSpec]) -> None:
+    """Each component graph with its dims fixed to every static shape a plan needs, through strict
+    shape inference, in memory: a graph that cannot take a shape of the contract (an output of
+    another size, a broadcast that fails) fails the export here, not in a backend."""
+    models = {c: onnx.load(str(directory / m["file"]), load_external_data=False) for c, m in components.items()}
+    problems = []
+    for spec in graphs:
+        try:
+            fixed = specialize(models[spec.component], spec)
+            onnx.shape_inference.infer_shapes(fixed, check_type=True, strict_mode=True, data_prop=True)
+        except (onnx.shape_inference.InferenceError, ValueError) as e:
+            problems.append(f"{spec.name}: {str(e).splitlines()[0]}")
+    if problems:
+        raise ExportError("exported graphs do not take their static shapes:\n  " + "\n  ".join(problems))

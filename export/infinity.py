@@ -15,13 +15,15 @@ an explicit fixed-capacity KV cache with a liveness bias, and a dense fill of th
 Positions are ``(level, row, col)`` per token: the level picks ``lvl_embed`` (level 0 is the start
 token), row and col are the RoPE positions, already normalised to the template's 1M last grid.
 The step's variants mirror VAR's: ``probe`` (also every block's self-attention entropy), ``layers``
-(a layer set) and :meth:`Infinity.step_fastvar` (FastVAR's pivotal tokens before each of the
-three sub-blocks, cached deltas for the others).
+(a layer set), :meth:`Infinity.step_fastvar` (FastVAR's pivotal tokens before each of the
+three sub-blocks, cached deltas for the others) and :meth:`Infinity.step_toprovar` (ToProVAR's
+lowest-entropy tokens per block after an early block of the same scale).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -32,11 +34,16 @@ from varrt.export.infinity_config import InfinityConfig, InfinitySchedule
 from varrt.export.var import (
     FFN,
     AdaLNBeforeHead,
+    Past,
     SelfAttention,
     attention,
+    dense,
+    first_slots,
     gather_tokens,
     layer_norm,
     linear,
+    live_past,
+    lowest_entropy,
     pivotal_tokens,
     scatter_tokens,
 )
@@ -159,12 +166,14 @@ class CrossAttnBlock(nn.Module):
         return layer_norm(x, self.eps) * (scale1 + 1) + shift1
 
     def sa_branch(
-        self, x: Tensor, ada: Tensor, rope, bias: Tensor, past_k: Tensor, past_v: Tensor, entropy: bool = False
+        self, x: Tensor, ada: Tensor, rope, past: Past | None, bias: Tensor | None = None, entropy: bool = False
     ) -> tuple[Tensor, ...]:
         """gamma1 * SA(...): the self-attention sub-block's residual delta and its new keys, values
-        (and, when asked, the self-attention entropy of every token, averaged over heads: (R, n))."""
+        (and, when asked, the self-attention entropy of every token, averaged over heads: (R, n)).
+        The tokens attend to the live cache ``past`` and to each other (``bias`` over their own
+        keys: the teacher-forcing mask; None: all visible)."""
         q, k, v = self.sa.qkv(self.sa_input(x, ada), rope)
-        out, ent = attention(q, torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2), bias, entropy)
+        out, ent = attention(q, k, v, bias, entropy, past)
         b, _, n, _ = out.shape
         out = linear(self.sa.proj, out.transpose(1, 2).reshape(b, n, self.width)).float()
         d = out * ada[:, 0].unsqueeze(1)
@@ -186,9 +195,9 @@ class CrossAttnBlock(nn.Module):
         _, k, v = self.sa.qkv(self.sa_input(x, ada), rope)
         return k, v
 
-    def forward(self, x, ada, rope, bias, past_k, past_v, ca_kv, tbias, entropy: bool = False) -> tuple[Tensor, ...]:
+    def forward(self, x, ada, rope, past, ca_kv, tbias, bias=None, entropy: bool = False) -> tuple[Tensor, ...]:
         """x -> (x after the block, new k, new v[, self-attention entropy (R, n)])."""
-        d, *rest = self.sa_branch(x, ada, rope, bias, past_k, past_v, entropy)
+        d, *rest = self.sa_branch(x, ada, rope, past, bias, entropy)
         x = x + d
         x = x + self.ca_branch(x, ca_kv, tbias)
         return (x + self.ffn_branch(x, ada), *rest)
@@ -268,7 +277,7 @@ class Infinity(nn.Module):
     def logits(self, h: Tensor, head_ada: Tensor) -> Tensor:
         """(R, n, 2 d_vae) in fp32, as the official head (autocast off)."""
         hn = self.head_nm(h, head_ada)
-        return F.linear(hn, self.head.weight.float(), self.head.bias.float())
+        return dense(hn, self.head.weight.float(), self.head.bias.float())
 
     # ---------------------------------------------------------------- the per-scale step
     def step(
@@ -284,29 +293,35 @@ class Infinity(nn.Module):
         restore: Tensor | None = None,
         layers: tuple[int, ...] | None = None,
         probe: bool = False,
+        chunks: tuple[int, ...] | None = None,
     ) -> tuple[Tensor, ...]:
-        """One scale: x (R, n, d_vae), pos (R, n, 3), kv (R, depth, 2, H, T, d), kv_bias (T,),
-        tbias (R, Lt). Returns logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, d), hidden (R, m, C),
-        and with ``probe`` the self-attention entropy of the computed tokens in every block
-        (R, depth, n), ToProVAR's per-block signal; ``fill_idx``/``fill_mask``/``restore``
+        """One scale: x (R, n, d_vae), pos (R, n, 3), kv (R, depth, 2, H, T, d), kv_bias (P,) the bias
+        of the cache's live prefix (VAR's :meth:`~varrt.export.var.VAR.step`), tbias (R, Lt). Returns
+        logits (R, m, V) fp32, new_kv (R, depth, 2, H, n, d), hidden (R, m, C), and with ``probe``
+        the self-attention entropy of the computed tokens in every block (R, depth, n), ToProVAR's
+        per-block signal; ``fill_idx``/``fill_mask``/``restore``
         (R, m[, C]) as in VAR's step; ``layers``: the blocks that run (the others add keys and
-        values only)."""
+        values only); ``chunks`` (the end block of every chunk): also the residual stream after
+        each chunk (R, K, n, C), what StageVAR's low-rank scale after this one restores from."""
         h = self.embed(x, pos, cond.sos)
         rope = self.rope(pos)
-        n = h.shape[1]
-        bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-        new_kv, entropy = [], []
+        new_kv, entropy, chunk_out = [], [], []
         for i, blk in enumerate(self.blocks):
             ada = cond.ada[:, i]
             if layers is not None and i not in layers:
                 new_kv.append(torch.stack(blk.keys_values(h, ada, rope), dim=1))
                 continue
-            h, k, v, *ent = blk(h, ada, rope, bias, kv[:, i, 0], kv[:, i, 1], cond.ca_kv[:, i], tbias, probe)
+            past = live_past(kv, i, kv_bias)
+            h, k, v, *ent = blk(h, ada, rope, past, cond.ca_kv[:, i], tbias, entropy=probe)
             new_kv.append(torch.stack((k, v), dim=1))
             entropy += ent
+            if chunks is not None and i + 1 in chunks:
+                chunk_out.append(h)
         if fill_idx is not None:
             h = torch.where(fill_mask.unsqueeze(-1) > 0, gather_tokens(h, fill_idx), restore)
         out = (self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h)
+        if chunks is not None:
+            return (*out, torch.stack(chunk_out, dim=1))
         return (*out, torch.stack(entropy, dim=1)) if probe else out
 
     def step_fastvar(
@@ -331,26 +346,23 @@ class Infinity(nn.Module):
         own positions), and every other position takes its delta from ``deltas`` (R, depth, 3, n, C):
         the reference scale's SA / CA / FFN deltas, up-sampled (cached token restoration). Pruned
         tokens add no KV: a pruned block returns its k tokens' keys/values in slots 0..k-1 of its n
-        (zeros after), so ``kv_bias`` is per block (depth, T). Returns logits (R, n, V), new_kv
+        (zeros after), so ``kv_bias`` is per block (depth, P). Returns logits (R, n, V), new_kv
         (R, depth, 2, H, n, d) and this scale's deltas (R, depth, 3, n, C) of every block, the cache
         a reference scale (run with k = n) hands to later ones; without ``returns_deltas`` (the
         pruned scales, whose deltas nobody reads) only logits and new_kv.
         """
         h = self.embed(x, pos, cond.sos)
         rope = self.rope(pos)
-        n, k = h.shape[1], keep_rank.shape[0]
+        n = h.shape[1]
         new_kv, new_deltas = [], []
         for i, blk in enumerate(self.blocks):
-            ada, ca_kv, past_k, past_v = cond.ada[:, i], cond.ca_kv[:, i], kv[:, i, 0], kv[:, i, 1]
+            ada, ca_kv, past = cond.ada[:, i], cond.ca_kv[:, i], live_past(kv, i, kv_bias[i])
             if i in pruned:
-                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(k, dtype=torch.float32)))
                 idx = pivotal_tokens(h, keep_rank)
-                d_sa, kk, vv = blk.sa_branch(
-                    gather_tokens(h, idx), ada, self.rope(gather_tokens(pos, idx)), bias, past_k, past_v
-                )
+                d_sa, kk, vv = blk.sa_branch(gather_tokens(h, idx), ada, self.rope(gather_tokens(pos, idx)), past)
                 d_sa = scatter_tokens(deltas[:, i, 0], idx, d_sa)
-                kk = torch.zeros_like(past_k[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, kk)
-                vv = torch.zeros_like(past_v[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, vv)
+                kk = torch.zeros_like(kk[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, kk)
+                vv = torch.zeros_like(vv[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, vv)
                 h = h + d_sa
                 idx = pivotal_tokens(h, keep_rank)
                 d_ca = scatter_tokens(deltas[:, i, 1], idx, blk.ca_branch(gather_tokens(h, idx), ca_kv, tbias))
@@ -358,8 +370,7 @@ class Infinity(nn.Module):
                 idx = pivotal_tokens(h, keep_rank)
                 d_ffn = scatter_tokens(deltas[:, i, 2], idx, blk.ffn_branch(gather_tokens(h, idx), ada))
             else:
-                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-                d_sa, kk, vv = blk.sa_branch(h, ada, rope, bias, past_k, past_v)
+                d_sa, kk, vv = blk.sa_branch(h, ada, rope, past)
                 h = h + d_sa
                 d_ca = blk.ca_branch(h, ca_kv, tbias)
                 h = h + d_ca
@@ -370,6 +381,41 @@ class Infinity(nn.Module):
                 new_deltas.append(torch.stack((d_sa, d_ca, d_ffn), dim=1))
         out = self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
         return (*out, torch.stack(new_deltas, dim=1)) if returns_deltas else out
+
+    def step_toprovar(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        cond: TextConditioning,
+        tbias: Tensor,
+        kv: Tensor,
+        kv_bias: Tensor,
+        keep_ranks: Sequence[Tensor],
+        entropy_block: int,
+    ) -> tuple[Tensor, Tensor]:
+        """ToProVAR on Infinity, as :meth:`varrt.export.var.VAR.step_toprovar`: blocks
+        0..``entropy_block`` run every token and the last of them measures the self-attention
+        entropy of each; every later block runs only its k lowest-entropy tokens (self-attention
+        with RoPE at their own positions, cross-attention, FFN), the others pass through it and add
+        no keys or values to it. Returns logits (R, n, V), new_kv (R, depth, 2, H, n, d)."""
+        h = self.embed(x, pos, cond.sos)
+        rope = self.rope(pos)
+        n = h.shape[1]
+        new_kv, entropy = [], None
+        for i, blk in enumerate(self.blocks):
+            ada, ca_kv, past = cond.ada[:, i], cond.ca_kv[:, i], live_past(kv, i, kv_bias[i])
+            if i <= entropy_block:
+                h, k, v, *ent = blk(h, ada, rope, past, ca_kv, tbias, entropy=i == entropy_block)
+                entropy = ent[0] if ent else entropy
+            else:
+                keep_rank = keep_ranks[i - entropy_block - 1]
+                idx = lowest_entropy(entropy, keep_rank)
+                kept_rope = self.rope(gather_tokens(pos, idx))
+                t, k, v = blk(gather_tokens(h, idx), ada, kept_rope, past, ca_kv, tbias)
+                h = scatter_tokens(h, idx, t)
+                k, v = first_slots(k, keep_rank, n), first_slots(v, keep_rank, n)
+            new_kv.append(torch.stack((k, v), dim=1))
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
 
     def empty_kv(self, rows: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
@@ -390,10 +436,8 @@ class Infinity(nn.Module):
         level = pos[0, :, 0]
         bias = torch.where(level.view(-1, 1) >= level.view(1, -1), 0.0, -torch.inf)
         tb = text_bias(mask)
-        cfg = self.cfg
-        empty = h.new_zeros(b, cfg.heads, 0, cfg.head_dim, dtype=self.mat_dtype)
         for i, blk in enumerate(self.blocks):
-            h, _, _ = blk(h, cond.ada[:, i], rope, bias, empty, empty, cond.ca_kv[:, i], tb)
+            h, _, _ = blk(h, cond.ada[:, i], rope, None, cond.ca_kv[:, i], tb, bias)
         return self.logits(h, cond.head_ada)
 
     # ---------------------------------------------------------------- initialisation

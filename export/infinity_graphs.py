@@ -10,10 +10,12 @@ One text-to-image generation calls four components:
 
 Policies add variants of the per-scale step, as on VAR: ``infinity_transformer_probe`` (also the
 self-attention entropy of every block: ToProVAR's probe scale), ``infinity_transformer_layers``
-(only a layer set runs) and ``infinity_transformer_fastvar`` (FastVAR's pivotal-token pruning in a
-baked-in block range, with cached deltas for the pruned positions).
+(only a layer set runs), ``infinity_transformer_fastvar`` (FastVAR's pivotal-token pruning in a
+baked-in block range, with cached deltas for the pruned positions), ``infinity_transformer_stagevar``
+(StageVAR's low-rank scale, :mod:`varrt.export.stagevar`) and ``infinity_transformer_chunks`` (the
+step before it, which also returns every chunk's output).
 
-A transformer shape is (rows, tokens, outputs, capacity, text): like VAR's, plus the text length
+A transformer shape is (rows, tokens, outputs, past, capacity, text): like VAR's, plus the text length
 Lt (a bucket, see :func:`varrt.export.text_encoder.text_bucket`). The scale enters only through
 ``pos`` (level, row, col per token) and ``kv_bias``, so scales with the same shape share a graph.
 """
@@ -26,9 +28,16 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from varrt.export.bsq_vae import BSQVAE
-from varrt.export.graphs import FastVarShape, GraphSpec, StepShape, TensorSpec
+from varrt.export.graphs import FastVarShape, GraphSpec, StepShape, TensorSpec, ToProVarShape, step_extras
 from varrt.export.infinity import Infinity, TextConditioning
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig
+from varrt.export.stagevar import (
+    StageVarShape,
+    check_chunks,
+    infinity_stagevar_step,
+    stagevar_inputs,
+    stagevar_outputs,
+)
 
 #: every graph component of the family, in export order (infinity_graph_module builds each)
 INFINITY_COMPONENTS = (
@@ -38,6 +47,9 @@ INFINITY_COMPONENTS = (
     "infinity_transformer_probe",
     "infinity_transformer_layers",
     "infinity_transformer_fastvar",
+    "infinity_transformer_toprovar",
+    "infinity_transformer_chunks",
+    "infinity_transformer_stagevar",
     "infinity_decoder",
 )
 
@@ -62,6 +74,32 @@ class InfinityFastVarShape(FastVarShape):
 
     text: int = field(kw_only=True)
     component: ClassVar[str] = "infinity_transformer_fastvar"
+
+    @property
+    def name(self) -> str:
+        return f"{super().name}_l{self.text}"
+
+
+@dataclass(frozen=True)
+class InfinityToProVarShape(ToProVarShape):
+    """One ToProVAR call on Infinity: VAR's :class:`~varrt.export.graphs.ToProVarShape` plus
+    ``text``, the tokens of the prompt bucket."""
+
+    text: int = field(kw_only=True)
+    component: ClassVar[str] = "infinity_transformer_toprovar"
+
+    @property
+    def name(self) -> str:
+        return f"{super().name}_l{self.text}"
+
+
+@dataclass(frozen=True)
+class InfinityStageVarShape(StageVarShape):
+    """One StageVAR low-rank call on Infinity: VAR's :class:`~varrt.export.stagevar.StageVarShape`
+    (rows, tokens, ranks, capacity, chunk) plus ``text``, the tokens of the prompt bucket."""
+
+    text: int = field(kw_only=True)
+    component: ClassVar[str] = "infinity_transformer_stagevar"
 
     @property
     def name(self) -> str:
@@ -115,13 +153,14 @@ def _kv(cfg: InfinityConfig, r: int, t: int, dtype: str, name: str = "kv") -> Te
 
 def infinity_transformer_spec(cfg: InfinityConfig, shape: TextStepShape, dtype: str = "float32") -> GraphSpec:
     r, n, m, t, lt = shape.rows, shape.tokens, shape.outputs, shape.capacity, shape.text
+    extras, blocks = step_extras(cfg, shape)
     return GraphSpec(
         shape.name,
         shape.component,
         (
             *_tokens_and_conditioning(cfg, r, n, lt, dtype),
             _kv(cfg, r, t, dtype),
-            TensorSpec("kv_bias", (t,), "float32"),
+            TensorSpec("kv_bias", (shape.past,), "float32"),
             TensorSpec("fill_idx", (r, m), "int64"),
             TensorSpec("fill_mask", (r, m), "float32"),
             TensorSpec("restore", (r, m, cfg.width), "float32"),
@@ -130,9 +169,9 @@ def infinity_transformer_spec(cfg: InfinityConfig, shape: TextStepShape, dtype: 
             TensorSpec("logits", (r, m, cfg.vocab), "float32"),
             _kv(cfg, r, n, dtype, "new_kv"),
             TensorSpec("hidden", (r, m, cfg.width), "float32"),
-            *((TensorSpec("entropy", (r, cfg.depth, n), "float32"),) if shape.probe else ()),
+            *extras,
         ),
-        blocks=shape.layers,
+        blocks=blocks,
     )
 
 
@@ -147,7 +186,7 @@ def infinity_fastvar_spec(cfg: InfinityConfig, shape: InfinityFastVarShape, dtyp
         (
             *_tokens_and_conditioning(cfg, r, n, lt, dtype),
             _kv(cfg, r, t, dtype),
-            TensorSpec("kv_bias", (cfg.depth, t), "float32"),
+            TensorSpec("kv_bias", (cfg.depth, shape.past), "float32"),
             TensorSpec("keep_rank", (k,), "int64"),
             TensorSpec("deltas", deltas, "float32"),
         ),
@@ -160,12 +199,53 @@ def infinity_fastvar_spec(cfg: InfinityConfig, shape: InfinityFastVarShape, dtyp
     )
 
 
-def infinity_step_spec(
-    cfg: InfinityConfig, shape: TextStepShape | InfinityFastVarShape, dtype: str = "float32"
-) -> GraphSpec:
-    """The step graph of any Infinity step shape (plain, probe, layer set, FastVAR)."""
+def infinity_toprovar_spec(cfg: InfinityConfig, shape: InfinityToProVarShape, dtype: str = "float32") -> GraphSpec:
+    """ToProVAR's step: one rank input per block after the entropy block, ``kv_bias`` per block."""
+    r, n, t, lt = shape.rows, shape.tokens, shape.capacity, shape.text
+    ranks = tuple(TensorSpec(name, (k,), "int64") for name, k in zip(shape.rank_names(), shape.keeps))
+    return GraphSpec(
+        shape.name,
+        shape.component,
+        (
+            *_tokens_and_conditioning(cfg, r, n, lt, dtype),
+            _kv(cfg, r, t, dtype),
+            TensorSpec("kv_bias", (cfg.depth, shape.past), "float32"),
+            *ranks,
+        ),
+        (TensorSpec("logits", (r, n, cfg.vocab), "float32"), _kv(cfg, r, n, dtype, "new_kv")),
+        blocks=shape.blocks,
+    )
+
+
+def infinity_stagevar_spec(cfg: InfinityConfig, shape: InfinityStageVarShape, dtype: str = "float32") -> GraphSpec:
+    """StageVAR's low-rank step: ``kv_bias`` is per block over the live prefix (each chunk of an
+    earlier low-rank scale cached its own r keys)."""
+    r, n, t, lt = shape.rows, shape.tokens, shape.capacity, shape.text
+    return GraphSpec(
+        shape.name,
+        shape.component,
+        (
+            *_tokens_and_conditioning(cfg, r, n, lt, dtype),
+            _kv(cfg, r, t, dtype),
+            TensorSpec("kv_bias", (cfg.depth, shape.past), "float32"),
+            *stagevar_inputs(cfg.width, shape),
+        ),
+        stagevar_outputs(
+            cfg.width, shape, TensorSpec("logits", (r, n, cfg.vocab), "float32"), _kv(cfg, r, n, dtype, "new_kv")
+        ),
+        blocks=check_chunks(cfg.depth, shape),
+    )
+
+
+def infinity_step_spec(cfg: InfinityConfig, shape, dtype: str = "float32") -> GraphSpec:
+    """The step graph of any Infinity step shape (plain, probe, layer set, chunk outputs, FastVAR,
+    ToProVAR, StageVAR)."""
     if isinstance(shape, InfinityFastVarShape):
         return infinity_fastvar_spec(cfg, shape, dtype)
+    if isinstance(shape, InfinityToProVarShape):
+        return infinity_toprovar_spec(cfg, shape, dtype)
+    if isinstance(shape, InfinityStageVarShape):
+        return infinity_stagevar_spec(cfg, shape, dtype)
     return infinity_transformer_spec(cfg, shape, dtype)
 
 
@@ -192,16 +272,48 @@ class InfinityConditionerGraph(nn.Module):
 
 class InfinityTransformerGraph(nn.Module):
     """The per-scale step; the probe variant also returns the self-attention entropy of every
-    block, the layer-set variant runs only ``layers`` (the others add keys and values only)."""
+    block, the layer-set variant runs only ``layers`` (the others add keys and values only), the
+    chunk-output variant also returns the residual stream after every chunk (``chunks``: their ends)."""
 
-    def __init__(self, model: Infinity, probe: bool = False, layers: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        model: Infinity,
+        probe: bool = False,
+        layers: tuple[int, ...] | None = None,
+        chunks: tuple[int, ...] | None = None,
+    ) -> None:
         super().__init__()
-        self.model, self.probe, self.layers = model, probe, layers
+        self.model, self.probe, self.layers, self.chunks = model, probe, layers, chunks
 
     def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, fill_idx, fill_mask, restore):
         cond = TextConditioning(sos, ada, head_ada, ca_kv)
         return self.model.step(
-            x, pos, cond, text_bias, kv, kv_bias, fill_idx, fill_mask, restore, self.layers, self.probe
+            x, pos, cond, text_bias, kv, kv_bias, fill_idx, fill_mask, restore, self.layers, self.probe, self.chunks
+        )
+
+
+class InfinityStageVarGraph(nn.Module):
+    """StageVAR's low-rank step with its chunks baked in (``chunks``: their ends)."""
+
+    def __init__(self, model: Infinity, chunks: tuple[int, ...], returns_state: bool) -> None:
+        super().__init__()
+        self.model, self.chunks, self.returns_state = model, chunks, returns_state
+
+    def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, gumbel, chunk_restore, *proj):
+        cond = TextConditioning(sos, ada, head_ada, ca_kv)
+        return infinity_stagevar_step(
+            self.model,
+            x,
+            pos,
+            cond,
+            text_bias,
+            kv,
+            kv_bias,
+            proj,
+            gumbel,
+            chunk_restore,
+            self.chunks,
+            self.returns_state,
         )
 
 
@@ -219,6 +331,18 @@ class InfinityFastVarGraph(nn.Module):
         )
 
 
+class InfinityToProVarGraph(nn.Module):
+    """ToProVAR's step with its entropy block baked in; one rank input per later block."""
+
+    def __init__(self, model: Infinity, entropy_block: int) -> None:
+        super().__init__()
+        self.model, self.entropy_block = model, entropy_block
+
+    def forward(self, x, pos, sos, ada, head_ada, ca_kv, text_bias, kv, kv_bias, *keep_ranks):
+        cond = TextConditioning(sos, ada, head_ada, ca_kv)
+        return self.model.step_toprovar(x, pos, cond, text_bias, kv, kv_bias, keep_ranks, self.entropy_block)
+
+
 class InfinityDecoderGraph(nn.Module):
     def __init__(self, vae: BSQVAE) -> None:
         super().__init__()
@@ -234,11 +358,13 @@ def infinity_graph_module(
     vae: BSQVAE,
     text_encoder=None,
     blocks: tuple[int, ...] | None = None,
-    returns_deltas: bool = True,
+    outputs: tuple[str, ...] | None = None,
 ) -> nn.Module:
     """The module whose forward is ``component``'s graph (``text_encoder``: a
     :class:`~varrt.export.text_encoder.TextEncoder`; ``blocks``: the layer set of a layer-set
-    graph, the pruned range (first, last) of a FastVAR graph)."""
+    graph, the pruned range (first, last) of a FastVAR graph, (entropy block,) of a ToProVAR graph,
+    the chunk ends of a chunk-output or StageVAR graph; ``outputs``: the output names a static
+    graph keeps, None for all)."""
     if component == "text_encoder":
         if text_encoder is None:
             raise ValueError("the text_encoder graph needs a text encoder (--text-encoder DIR)")
@@ -249,14 +375,19 @@ def infinity_graph_module(
         return InfinityConditionerGraph(model)
     if component in ("infinity_transformer", "infinity_transformer_probe"):
         return InfinityTransformerGraph(model, probe=component == "infinity_transformer_probe")
+    structured = ("layers", "fastvar", "toprovar", "chunks", "stagevar")
+    if component in {f"infinity_transformer_{v}" for v in structured} and blocks is None:
+        raise ValueError(f"a {component} graph needs its block structure")
     if component == "infinity_transformer_layers":
-        if blocks is None:
-            raise ValueError("a layer-set graph needs its layer set")
         return InfinityTransformerGraph(model, layers=tuple(blocks))
     if component == "infinity_transformer_fastvar":
-        if blocks is None:
-            raise ValueError("a FastVAR graph needs its pruned block range")
-        return InfinityFastVarGraph(model, range(*blocks), returns_deltas)
+        return InfinityFastVarGraph(model, range(*blocks), outputs is None or "new_deltas" in outputs)
+    if component == "infinity_transformer_toprovar":
+        return InfinityToProVarGraph(model, blocks[0])
+    if component == "infinity_transformer_chunks":
+        return InfinityTransformerGraph(model, chunks=tuple(blocks))
+    if component == "infinity_transformer_stagevar":
+        return InfinityStageVarGraph(model, tuple(blocks), outputs is None or "new_kv" in outputs)
     if component == "infinity_decoder":
         return InfinityDecoderGraph(vae)
     raise ValueError(f"unknown Infinity component {component!r}")

@@ -1,17 +1,21 @@
-"""torch -> ONNX for one component, one shared weights file for all, static specialisations.
+"""torch -> ONNX for one component, and the same graph at each static shape (in memory, for checks).
 
 Each component is exported once with the dynamo exporter and symbolic dims (rows, tokens,
 capacity, batch, side): its per-scale constants are gathers on ``pos_idx`` and masks on
 ``kv_bias``, so every scale is the same graph at another shape. That one graph is what ONNX Runtime
 runs (one session, weights loaded once) and what TensorRT builds with one profile per shape.
-:func:`specialize` then writes the same graph with every dim fixed, for each static shape a plan
-needs; the specialised files hold no weights, they point into the one ``weights.bin``.
+:func:`specialize` fixes every dim to one static shape; the exporter runs strict shape inference on
+each specialisation (a graph that cannot take a shape the plans need fails the export) and writes
+none of them: the manifest's graph list is the static contract. The weights of all components go
+once into their checkpoint's pack (:mod:`varrt.export.pack`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import ctypes
+import gc
+import inspect
 import io
 import logging
 import warnings
@@ -23,6 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from varrt.export.graphs import GraphSpec
+from varrt.export.onnx_passes import merge_slices
 
 #: symbolic dims of each component's inputs (axis -> dim name)
 _CONDITIONED = {"sos": {0: "rows"}, "ada": {0: "rows"}, "head_ada": {0: "rows"}, "kv": {0: "rows", 4: "capacity"}}
@@ -30,7 +35,7 @@ _TOKENS = {"x": {0: "rows", 1: "tokens"}, "pos_idx": {0: "rows", 1: "tokens"}}
 _STEP = {
     **_TOKENS,
     **_CONDITIONED,
-    "kv_bias": {0: "capacity"},
+    "kv_bias": {0: "past"},
     "fill_idx": {0: "rows", 1: "outputs"},
     "fill_mask": {0: "rows", 1: "outputs"},
     "restore": {0: "rows", 1: "outputs"},
@@ -42,7 +47,18 @@ _INFINITY_TOKENS = {
     "text_bias": {0: "rows", 1: "text"},
 }
 _INFINITY_STEP = {**_STEP, **_INFINITY_TOKENS}
-_FASTVAR = {"kv_bias": {1: "capacity"}, "keep_rank": {0: "keep"}, "deltas": {0: "rows", 3: "tokens"}}
+_FASTVAR = {"kv_bias": {1: "past"}, "keep_rank": {0: "keep"}, "deltas": {0: "rows", 3: "tokens"}}
+#: ToProVAR: one rank input per block after the entropy block, each with its own kept count
+MAX_BLOCKS = 128
+_TOPROVAR = {"kv_bias": {1: "past"}, **{f"keep_rank_{i}": {0: f"keep{i}"} for i in range(MAX_BLOCKS)}}
+#: StageVAR's low-rank step: one projection per chunk, each rank its own dim
+MAX_CHUNKS = 128
+_STAGEVAR = {
+    "kv_bias": {1: "past"},
+    "gumbel": {0: "rows", 2: "tokens"},
+    "chunk_restore": {0: "rows", 2: "tokens"},
+    **{f"proj{c}": {0: "rows", 1: "tokens", 2: f"rank{c}"} for c in range(MAX_CHUNKS)},
+}
 COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "conditioner": {"labels": {0: "rows"}},
     # the probe and layer-set graphs take the plain step's inputs
@@ -50,6 +66,9 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "transformer_probe": _STEP,
     "transformer_layers": _STEP,
     "transformer_fastvar": {**_TOKENS, **_CONDITIONED, **_FASTVAR},
+    "transformer_toprovar": {**_TOKENS, **_CONDITIONED, **_TOPROVAR},
+    "transformer_chunks": _STEP,
+    "transformer_stagevar": {**_TOKENS, **_CONDITIONED, **_STAGEVAR},
     "decoder": {"f_hat": {0: "batch", 2: "side", 3: "side"}},
     # Infinity
     "text_encoder": {"input_ids": {0: "rows", 1: "text"}, "attention_mask": {0: "rows", 1: "text"}},
@@ -63,6 +82,9 @@ COMPONENT_DIMS: dict[str, dict[str, dict[int, str]]] = {
     "infinity_transformer_probe": _INFINITY_STEP,
     "infinity_transformer_layers": _INFINITY_STEP,
     "infinity_transformer_fastvar": {**_INFINITY_TOKENS, **_CONDITIONED, **_FASTVAR},
+    "infinity_transformer_toprovar": {**_INFINITY_TOKENS, **_CONDITIONED, **_TOPROVAR},
+    "infinity_transformer_chunks": _INFINITY_STEP,
+    "infinity_transformer_stagevar": {**_INFINITY_TOKENS, **_CONDITIONED, **_STAGEVAR},
     "infinity_decoder": {"codes": {0: "batch", 2: "height", 3: "width"}},
 }
 _DIM_MAX = {
@@ -71,11 +93,14 @@ _DIM_MAX = {
     "outputs": 1 << 16,
     "keep": 1 << 16,
     "capacity": 1 << 17,
+    "past": 1 << 17,
     "batch": 4096,
     "side": 1024,
     "text": 512,
     "height": 1024,
     "width": 1024,
+    **{f"keep{i}": 1 << 16 for i in range(MAX_BLOCKS)},
+    **{f"rank{c}": 1 << 16 for c in range(MAX_CHUNKS)},
 }
 ALIGN = 64  # byte alignment of every tensor in weights.bin
 
@@ -84,7 +109,7 @@ def example_inputs(spec: GraphSpec) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: the right dtypes and valid indices (shapes: see ``trace_spec``)."""
     out = []
     for t in spec.inputs:
-        if t.name in ("pos_idx", "keep_rank", "pos"):
+        if t.name in ("pos_idx", "pos") or t.name.startswith("keep_rank"):
             out.append(torch.arange(1, 1 + t.shape[-1], dtype=torch.int64).expand(t.shape).contiguous())
         elif t.name in ("input_ids", "attention_mask", "text_mask"):
             out.append(torch.ones(t.shape, dtype=t.torch_dtype))
@@ -108,6 +133,7 @@ def export_component(
         t.name: {ax: made.setdefault(d, Dim(d, min=1, max=bounds[d])) for ax, d in dims.get(t.name, {}).items()}
         for t in example.inputs
     }
+    dynamic_shapes = _by_parameter(module, dynamic_shapes)
     log = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
     levels = [lg.level for lg in loggers]
@@ -128,46 +154,46 @@ def export_component(
                 dynamic_shapes=dynamic_shapes,
             )
             program.save(str(path), external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
+        if merge_slices(model.graph):  # the KV cache's per-block reads: one Slice each (onnx_passes.py)
+            onnx.save_model(model, str(path))
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+        release_memory()
     return log.getvalue()
 
 
-def _read_external(model_path: Path, tensor: TensorProto) -> bytes:
+def release_memory() -> None:
+    """Hand the heap a trace freed back to the system: tracing a large model leaves freed heap
+    in glibc's free lists (Infinity-2B: ~0.33 GiB kept per transformer graph, measured; at that
+    rate an export of every policy would pass 1.3x the weights). ``malloc_trim`` returns part of
+    it (on a depth-8 model at 2B width: 0.03-0.06 GiB of the 0.04-0.10 GiB each trace kept).
+    Elsewhere than glibc: a collection only."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _by_parameter(module: torch.nn.Module, dims: dict[str, dict]) -> dict[str, dict | tuple]:
+    """torch.export keys dynamic shapes by the forward's parameters: inputs beyond its named ones
+    go to its ``*args`` parameter as one tuple (ToProVAR's rank inputs, one per block; StageVAR's
+    projections, one per chunk)."""
+    params = inspect.signature(module.forward).parameters.values()
+    named = [p.name for p in params if p.kind is not p.VAR_POSITIONAL]
+    rest = next((p.name for p in params if p.kind is p.VAR_POSITIONAL), None)
+    if rest is None:
+        return dims
+    names = list(dims)
+    return {**{n: dims[n] for n in names[: len(named)]}, rest: tuple(dims[n] for n in names[len(named) :])}
+
+
+def read_external(model_path: Path, tensor: TensorProto) -> bytes:
+    """The bytes of an initializer stored outside the graph file (the exporter's ``.data`` file)."""
     info = {e.key: e.value for e in tensor.external_data}
     with open(model_path.parent / info["location"], "rb") as f:
         f.seek(int(info.get("offset", 0)))
         return f.read(int(info["length"])) if "length" in info else f.read()
-
-
-def merge_weights(exported: dict[str, Path], out_dir: Path, weights_name: str) -> dict[str, onnx.ModelProto]:
-    """Move every external initializer of every graph into one file, each distinct tensor once.
-
-    Tensors are keyed by content (sha256 of their bytes), so a weight that two graphs carry —
-    or a constant the exporter folded into both — is stored a single time.
-    """
-    placed: dict[str, tuple[int, int]] = {}
-    models: dict[str, onnx.ModelProto] = {}
-    with open(out_dir / weights_name, "wb") as w:
-        for name, path in exported.items():
-            model = onnx.load(str(path), load_external_data=False)
-            for t in model.graph.initializer:
-                if t.data_location != TensorProto.EXTERNAL:
-                    continue
-                data = _read_external(path, t)
-                key = hashlib.sha256(data).hexdigest()
-                if key not in placed:
-                    pad = (-w.tell()) % ALIGN
-                    w.write(b"\0" * pad)
-                    placed[key] = (w.tell(), len(data))
-                    w.write(data)
-                offset, length = placed[key]
-                del t.external_data[:]
-                for k, v in (("location", weights_name), ("offset", str(offset)), ("length", str(length))):
-                    t.external_data.append(onnx.StringStringEntryProto(key=k, value=v))
-            models[name] = model
-    return models
 
 
 def _set_shape(value_info: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:

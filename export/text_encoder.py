@@ -6,6 +6,13 @@ always pads to 512 tokens; with the attention mask, T5's features of the real to
 on how much padding follows (padded keys are masked, the relative position bias depends on
 distances only), so varrt pads to the smallest bucket that holds the prompt (:func:`text_bucket`):
 same features, a fraction of the encoder's cost. Weights are the user's (a local folder).
+
+T5 is loaded exactly as the official ``load_tokenizer`` loads it (``T5EncoderModel.from_pretrained``
+without ``attn_implementation``), so both get transformers' default attention for T5: ``sdpa`` in
+the releases that support it for T5 (those since the T5 attention refactor), ``eager`` before.
+The two differ in the last bits (7e-7 on the tests' tiny T5, ~5e-6 reported at flan-t5-xl size);
+with the same one, features at varrt's 64-token bucket equal those at the official 512 bit for bit
+(tests/test_text_encoder.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from varrt.export.checkpoint import CheckpointError, reject_non_finite
 
 #: padded prompt lengths (T5 tokens incl. EOS): every bucket is a static shape of the text graphs
 TEXT_BUCKETS = (64, 128, 256, 512)
@@ -38,6 +47,11 @@ class TextEncoder:
 
     def __init__(self, tokenizer, model: nn.Module | None, channels: int) -> None:
         self.tokenizer, self.model, self.channels = tokenizer, model, channels
+
+    @property
+    def attention(self) -> str | None:
+        """The T5 attention implementation transformers picked (``sdpa`` or ``eager``)."""
+        return None if self.model is None else self.model.config._attn_implementation
 
     def tokenize(self, prompts: list[str], length: int) -> tuple[Tensor, Tensor]:
         """input_ids and attention_mask, int64 (B, length): EOS appended, padded with the pad id, truncated."""
@@ -99,10 +113,14 @@ def load_text_encoder(
     model = None
     if load_model:
         try:
-            model = T5EncoderModel.from_pretrained(str(p), dtype=dtype, attn_implementation="eager")
+            model = T5EncoderModel.from_pretrained(str(p), dtype=dtype)  # the official call: default attention
         except Exception as e:
             raise TextEncoderError(f"cannot load the T5 encoder from {p}: {str(e).splitlines()[0]}") from None
         model = model.to(device).eval().requires_grad_(False)
+        try:
+            reject_non_finite(model, str(p))
+        except CheckpointError as e:
+            raise TextEncoderError(str(e)) from None
     return TextEncoder(tokenizer, model, int(config["d_model"]))
 
 
@@ -136,7 +154,6 @@ def tiny_text_encoder(channels: int = 32, seed: int = 0) -> TextEncoder:
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
-        attn_implementation="eager",
     )
     model = T5EncoderModel(config).eval().requires_grad_(False)
     return TextEncoder(tokenizer, model, channels)

@@ -5,7 +5,9 @@ ONNX parser matrix for opsets 9-20. A graph that fails this check would fail ``v
 GPU, so export checks it on the CPU, before anyone gets there. Beyond the matrix, the parser's
 documented per-op restrictions that varrt's graphs can meet are checked too: TopK needs
 ``sorted = 1`` and ``K <= 3840`` (onnx-tensorrt 10.x operators.md; TensorRT's TopK operator page:
-"k <= 3840"), which a static graph fixes through its shapes.
+"k <= 3840"), which a static graph fixes through its shapes. Explicit quantization (TensorRT's
+"Working with Quantized Types"): QuantizeLinear / DequantizeLinear to INT8 or FP8 E4M3 only, with
+zero points that are constant zeros (symmetric quantization).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _TYPE_NAMES = {
     TensorProto.INT8: "INT8",
     TensorProto.UINT8: "UINT8",
     TensorProto.BOOL: "BOOL",
+    TensorProto.FLOAT8E4M3FN: "FP8",
 }
 #: ops whose first input is a shape; their listed types are the output's
 _OUTPUT_TYPED = {"ConstantOfShape"}
@@ -52,8 +55,9 @@ def support_matrix() -> dict[str, OpSupport]:
     return out
 
 
-def unsupported_ops(model: onnx.ModelProto) -> list[str]:
-    """Problems, one line each (op, node, why); empty when TensorRT can parse every node."""
+def unsupported_ops(model: onnx.ModelProto, base_dir: str | None = None) -> list[str]:
+    """Problems, one line each (op, node, why); empty when TensorRT can parse every node.
+    ``base_dir``: where the model's external data lies (to read Q/DQ zero points stored there)."""
     matrix = support_matrix()
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     types = {
@@ -77,7 +81,31 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
             problems.append(f"{node.op_type} ({node.name}): {name} input, TensorRT supports {sorted(sup.types)}")
         if node.op_type == "TopK":
             problems += _topk_problems(inferred, node)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            problems += _qdq_problems(inferred, node, types, base_dir)
     return problems
+
+
+def _qdq_problems(
+    model: onnx.ModelProto, node: onnx.NodeProto, types: dict[str, int], base_dir: str | None
+) -> list[str]:
+    """TensorRT's Q/DQ: an INT8 / FP8 quantized side and a zero point that is constant 0."""
+    quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
+    if len(node.input) > 2 and node.input[2]:
+        zp = _initializer(model, node.input[2], base_dir)
+        if zp is None:
+            zp = constant_value(model, node.input[2])
+        quantized_type = types.get(node.input[2])
+        if zp is None:
+            return [f"{node.op_type} ({node.name}): zero point {node.input[2]} is not a constant"]
+        if np.any(np.asarray(zp, dtype=np.float64) != 0):
+            return [f"{node.op_type} ({node.name}): zero point is not 0, TensorRT quantizes symmetrically"]
+    else:
+        quantized_type = types.get(quantized, TensorProto.UINT8 if node.op_type == "QuantizeLinear" else None)
+    name = _TYPE_NAMES.get(quantized_type)
+    if name not in ("INT8", "FP8"):
+        return [f"{node.op_type} ({node.name}): {name or quantized_type} quantized tensor, TensorRT takes INT8 or FP8"]
+    return []
 
 
 def _topk_problems(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
@@ -91,6 +119,23 @@ def _topk_problems(model: onnx.ModelProto, node: onnx.NodeProto) -> list[str]:
             f"TopK ({node.name}): k = {int(np.asarray(k).reshape(-1)[0])}, TensorRT's TopK takes k <= {TOPK_MAX}"
         )
     return problems
+
+
+def _initializer(model: onnx.ModelProto, name: str, base_dir: str | None) -> np.ndarray | None:
+    """An initializer's value, read from external data when it is stored there."""
+    from onnx.external_data_helper import load_external_data_for_tensor
+
+    t = next((t for t in model.graph.initializer if t.name == name), None)
+    if t is None:
+        return None
+    if t.data_location == TensorProto.EXTERNAL:
+        if base_dir is None:
+            return None
+        t = TensorProto.FromString(t.SerializeToString())
+        load_external_data_for_tensor(t, base_dir)
+        t.data_location = TensorProto.DEFAULT
+        del t.external_data[:]
+    return numpy_helper.to_array(t)
 
 
 def constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:

@@ -24,6 +24,7 @@ softmax and the logits stay fp32, like the official autocast inference. In fp32 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -52,17 +53,70 @@ def layer_norm(x: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
 
 
+def dense(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x (..., Cin) W^T + b. It exports as MatMul (+ Add), not as a 2-D Gemm: ONNX Runtime's
+    quantizers (``varrt export --precision int8 | int8-cpu | fp8``) quantize MatMul nodes with a
+    weight operand, and its dynamic form has no Gemm kernel."""
+    return F.linear(x, weight, bias)
+
+
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """Apply a linear layer in its own (compute) dtype."""
-    return layer(x.to(layer.weight.dtype))
+    return dense(x.to(layer.weight.dtype), layer.weight, layer.bias)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """softmax(q k^T + bias) v with the logits and softmax in fp32; optionally the entropy of every
-    query's attention row, averaged over heads: (B, N) (masked keys have p = 0 and add nothing)."""
-    probs = (torch.matmul(q, k.transpose(-1, -2)).float() + bias).softmax(dim=-1)
-    out = torch.matmul(probs.to(v.dtype), v)
-    return out, (attention_entropy(probs).mean(1) if entropy else None)
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=-1)`` without its ``expand_as``, which exports as an Expand that ONNX
+    Runtime materialises (the division broadcasts the norm by itself; same numbers)."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+class Past(NamedTuple):
+    """One block's live cache, as a step reads it: keys and values (R, H, P, head_dim) of the P
+    live-prefix slots and their bias (P,) or (R, 1, 1, P) (0 live, -inf empty)."""
+
+    k: Tensor
+    v: Tensor
+    bias: Tensor
+
+
+def live_past(kv: Tensor, block: int, bias: Tensor) -> Past:
+    """Block ``block``'s live prefix of the cache ``kv`` (R, depth, 2, H, T, head_dim): the first P
+    slots, P = ``bias``'s last dim. Every slot is sliced in one step (one ONNX Slice over the block,
+    kind and slot axes once the exporter merges the chain), so a backend copies the P live slots of
+    the block at most once and never touches the empty tail of the fixed-capacity buffer."""
+    p = bias.shape[-1]
+    k = kv[:, block : block + 1, 0:1, :, :p].flatten(1, 3)
+    v = kv[:, block : block + 1, 1:2, :, :p].flatten(1, 3)
+    return Past(k, v, bias.float())
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, entropy: bool = False, past: Past | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """softmax(q [past.k; k]^T + [past.bias, bias]) [past.v; v] with the logits and softmax in fp32
+    (``bias`` None: every new key is visible); optionally the entropy of every query's attention
+    row, averaged over heads: (B, N) (masked keys have p = 0 and add nothing).
+
+    The past and the new keys are never concatenated: each part has its own scores, normalised
+    together (one max, one sum), and the two products with the values are added. A concatenation
+    would copy the whole live cache at every call of every block."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float()
+    if bias is not None:
+        scores = scores + bias
+    if past is None:
+        probs = scores.softmax(dim=-1)
+        out = torch.matmul(probs.to(v.dtype), v)
+        return out, (attention_entropy(probs).mean(1) if entropy else None)
+    old = torch.matmul(q, past.k.transpose(-1, -2)).float() + past.bias
+    top = torch.maximum(old.amax(dim=-1, keepdim=True), scores.amax(dim=-1, keepdim=True))
+    e_old, e_new = (old - top).exp(), (scores - top).exp()
+    total = e_old.sum(dim=-1, keepdim=True) + e_new.sum(dim=-1, keepdim=True)
+    p_old, p_new = e_old / total, e_new / total
+    out = torch.matmul(p_old.to(v.dtype), past.v) + torch.matmul(p_new.to(v.dtype), v)
+    if not entropy:
+        return out, None
+    return out, (attention_entropy(p_old) + attention_entropy(p_new)).mean(1)
 
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -98,28 +152,22 @@ class SelfAttention(nn.Module):
         w = self.mat_qkv.weight
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)).to(w.dtype)
         b, n, _ = x.shape
-        qkv = F.linear(x.to(w.dtype), w, bias).view(b, n, 3, self.heads, self.head_dim)
+        qkv = dense(x.to(w.dtype), w, bias).view(b, n, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         scale = self.scale_mul_1H11.float().clamp_max(MAX_SCALE_MUL).exp()
-        q = F.normalize(q.float(), dim=-1) * scale
-        k = F.normalize(k.float(), dim=-1)
+        q = l2_normalize(q.float()) * scale
+        k = l2_normalize(k.float())
         if rope is not None:
             q, k = rotate_pairs(q, *rope), rotate_pairs(k, *rope)
         return q.to(w.dtype), k.to(w.dtype), v
 
     def forward(
-        self,
-        x: Tensor,
-        bias: Tensor,
-        past_k: Tensor | None = None,
-        past_v: Tensor | None = None,
-        entropy: bool = False,
+        self, x: Tensor, bias: Tensor | None = None, past: Past | None = None, entropy: bool = False
     ) -> tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Attend the N new tokens to [past; new]. Returns (output (B, N, C), new k, new v[, entropy (B, N)])."""
+        """Attend the N new tokens to [past; new] (``bias`` over the new keys: the teacher-forcing
+        mask; None: all visible). Returns (output (B, N, C), new k, new v[, entropy (B, N)])."""
         q, k, v = self.qkv(x)
-        keys = k if past_k is None else torch.cat((past_k, k), dim=2)
-        values = v if past_v is None else torch.cat((past_v, v), dim=2)
-        out, ent = attention(q, keys, values, bias, entropy)
+        out, ent = attention(q, k, v, bias, entropy, past)
         b, _, n, _ = out.shape
         out = linear(self.proj, out.transpose(1, 2).reshape(b, n, self.width)).float()
         return (out, k, v, ent) if entropy else (out, k, v)
@@ -156,17 +204,11 @@ class AdaLNSelfAttn(nn.Module):
         return linear(self.ada_lin[1], F.silu(cond)).view(-1, 6, self.width).float()
 
     def attn_branch(
-        self,
-        x: Tensor,
-        ada: Tensor,
-        bias: Tensor,
-        past_k: Tensor | None = None,
-        past_v: Tensor | None = None,
-        entropy: bool = False,
+        self, x: Tensor, ada: Tensor, bias: Tensor | None = None, past: Past | None = None, entropy: bool = False
     ) -> tuple:
         """gamma1 * Attn(LN(x) (1 + scale1) + shift1): the attention sub-block's residual delta, new k, v
         (and the attention entropy of every token when asked)."""
-        a, *rest = self.attn(self.attn_input(x, ada), bias, past_k, past_v, entropy)
+        a, *rest = self.attn(self.attn_input(x, ada), bias, past, entropy)
         return (a * ada[:, 0].unsqueeze(1), *rest)  # gamma1
 
     def attn_input(self, x: Tensor, ada: Tensor) -> Tensor:
@@ -186,15 +228,9 @@ class AdaLNSelfAttn(nn.Module):
         return self.ffn(layer_norm(x, self.eps) * (scale2 + 1) + shift2) * gamma2
 
     def forward(
-        self,
-        x: Tensor,
-        ada: Tensor,
-        bias: Tensor,
-        past_k: Tensor | None = None,
-        past_v: Tensor | None = None,
-        entropy: bool = False,
+        self, x: Tensor, ada: Tensor, bias: Tensor | None = None, past: Past | None = None, entropy: bool = False
     ) -> tuple:
-        d, *rest = self.attn_branch(x, ada, bias, past_k, past_v, entropy)
+        d, *rest = self.attn_branch(x, ada, bias, past, entropy)
         x = x + d
         return (x + self.ffn_branch(x, ada), *rest)
 
@@ -229,6 +265,20 @@ def largest_k(score: Tensor, k: int) -> Tensor:
     dest = torch.where(kept > 0, count - 1, kt + at - count).long()  # a permutation of 0..N-1
     order = torch.zeros_like(dest).scatter(1, dest, torch.arange(n, device=score.device).expand(r, n))
     return order[:, :k]
+
+
+def lowest_entropy(entropy: Tensor, keep_rank: Tensor) -> Tensor:
+    """ToProVAR's kept tokens: (R, N) attention entropy -> (R, k) indices (ascending) of the
+    k = len(keep_rank) tokens with the most focused attention (the lowest entropy). Within one
+    block and scale the paper's keep probability 1 - clip(a_min + (a_max - a_min) phi R H_hat) is
+    decreasing in the entropy alone, so its top k are these (TopK within TensorRT's limit)."""
+    return largest_k(-entropy, keep_rank.shape[0])
+
+
+def first_slots(t: Tensor, keep_rank: Tensor, n: int) -> Tensor:
+    """A pruned block's keys or values of its k computed tokens (R, H, k, d) in slots 0..k-1 of the
+    scale's n (zeros after; the runtime marks only the first k live for that block)."""
+    return torch.zeros_like(t[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, t)
 
 
 def _rows_of(idx: Tensor) -> Tensor:
@@ -328,11 +378,13 @@ class VAR(nn.Module):
         restore: Tensor | None = None,
         probe: bool = False,
         layers: tuple[int, ...] | None = None,
+        chunks: tuple[int, ...] | None = None,
     ) -> tuple[Tensor, ...]:
         """One scale: the n computed tokens attend to the live cache slots and to each other.
 
         x (R, n, Cvae) and pos_idx (R, n) are the computed tokens (all of the scale, or a budget of
-        them); kv (R, depth, 2, H, T, head_dim), kv_bias (T,). The m output positions take their
+        them); kv (R, depth, 2, H, T, head_dim) the fixed-capacity cache, kv_bias (P,) the bias of its
+        live prefix (0 live, -inf empty; P <= T, the slots after P are never read). The m output positions take their
         final hidden state from a computed token (``fill_idx`` (R, m)) where ``fill_mask`` (R, m) is
         1 and from ``restore`` (R, m, C) where it is 0, so the sampled map stays dense however few
         tokens ran:
@@ -342,22 +394,26 @@ class VAR(nn.Module):
         with ``probe`` the attention entropy of the computed tokens in every block (R, depth, n).
         ``layers`` (a layer set; None = all) are the blocks that run; the others leave the residual
         stream as it is and only add the tokens' keys and values to the cache (``keys_values``), so
-        the cache stays dense and later scales need no per-block masks.
+        the cache stays dense and later scales need no per-block masks. With ``chunks`` (the end
+        block of every chunk) it also returns the residual stream after each chunk (R, K, n, C):
+        what StageVAR's low-rank scale after this one restores from.
         """
         h = self.embed(x, pos_idx, cond.sos)
-        n = h.shape[1]
-        bias = torch.cat((kv_bias.float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-        new_kv, entropy = [], []
+        new_kv, entropy, chunk_out = [], [], []
         for i, blk in enumerate(self.blocks):
             if layers is not None and i not in layers:
                 new_kv.append(torch.stack(blk.keys_values(h, cond.ada[:, i]), dim=1))
                 continue
-            h, k, v, *ent = blk(h, cond.ada[:, i], bias, kv[:, i, 0], kv[:, i, 1], probe)
+            h, k, v, *ent = blk(h, cond.ada[:, i], None, live_past(kv, i, kv_bias), probe)
             new_kv.append(torch.stack((k, v), dim=1))
             entropy += ent
+            if chunks is not None and i + 1 in chunks:
+                chunk_out.append(h)
         if fill_idx is not None:
             h = torch.where(fill_mask.unsqueeze(-1) > 0, gather_tokens(h, fill_idx), restore)
         out = (self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1), h)
+        if chunks is not None:
+            return (*out, torch.stack(chunk_out, dim=1))
         return (*out, torch.stack(entropy, dim=1)) if probe else out
 
     def step_fastvar(
@@ -379,7 +435,7 @@ class VAR(nn.Module):
         other positions take the delta in ``deltas`` (R, depth, 2, N, C) — the reference scale's
         deltas up-sampled (cached token restoration). Pruned tokens add no KV: a pruned block
         returns its k tokens' keys/values in slots 0..k-1 of its N, and ``kv_bias`` is per block
-        (depth, T) so each block sees only its own live slots. Returns logits (R, N, V), new_kv
+        (depth, P) so each block sees only its own live slots. Returns logits (R, N, V), new_kv
         (R, depth, 2, H, N, head_dim) and this scale's deltas (R, depth, 2, N, C), the cache a
         reference scale hands to later ones; without ``returns_deltas`` (the pruned scales,
         whose deltas nobody reads) only logits and new_kv.
@@ -388,20 +444,18 @@ class VAR(nn.Module):
         n = h.shape[1]
         new_kv, new_deltas = [], []
         for i, blk in enumerate(self.blocks):
-            ada, past_k, past_v = cond.ada[:, i], kv[:, i, 0], kv[:, i, 1]
+            ada, past = cond.ada[:, i], live_past(kv, i, kv_bias[i])
             if i in pruned:
-                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(keep_rank.shape[0], dtype=torch.float32)))
                 idx = pivotal_tokens(h, keep_rank)
-                d, k, v = blk.attn_branch(gather_tokens(h, idx), ada, bias, past_k, past_v)
+                d, k, v = blk.attn_branch(gather_tokens(h, idx), ada, None, past)
                 d = scatter_tokens(deltas[:, i, 0], idx, d)
-                k = torch.zeros_like(past_k[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, k)
-                v = torch.zeros_like(past_v[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, v)
+                k = torch.zeros_like(k[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, k)
+                v = torch.zeros_like(v[:, :, :1]).expand(-1, -1, n, -1).index_copy(2, keep_rank, v)
                 h = h + d
                 idx = pivotal_tokens(h, keep_rank)
                 d2 = scatter_tokens(deltas[:, i, 1], idx, blk.ffn_branch(gather_tokens(h, idx), ada))
             else:
-                bias = torch.cat((kv_bias[i].float(), kv_bias.new_zeros(n, dtype=torch.float32)))
-                d, k, v = blk.attn_branch(h, ada, bias, past_k, past_v)
+                d, k, v = blk.attn_branch(h, ada, None, past)
                 h = h + d
                 d2 = blk.ffn_branch(h, ada)
             h = h + d2
@@ -410,6 +464,45 @@ class VAR(nn.Module):
                 new_deltas.append(torch.stack((d, d2), dim=1))
         out = self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
         return (*out, torch.stack(new_deltas, dim=1)) if returns_deltas else out
+
+    def step_toprovar(
+        self,
+        x: Tensor,
+        pos_idx: Tensor,
+        cond: Conditioning,
+        kv: Tensor,
+        kv_bias: Tensor,
+        keep_ranks: Sequence[Tensor],
+        entropy_block: int,
+    ) -> tuple[Tensor, Tensor]:
+        """ToProVAR: token pruning by the attention entropy of an early block of the same scale.
+
+        Blocks 0..``entropy_block`` run every token of the scale; the last of them also measures
+        every token's attention entropy (-sum p log p over its keys, averaged over heads) inside its
+        attention. Each later block ``l`` runs only the k_l = len(keep_ranks[l - entropy_block - 1])
+        tokens of lowest entropy (selected in the graph, per row); the other tokens pass through the
+        block unchanged (their residual stream skips it) and add no keys or values to its cache: a
+        block's k_l computed tokens' keys/values go to slots 0..k_l-1 of the scale's n, and
+        ``kv_bias`` is per block (depth, P) as in :meth:`step_fastvar`. Every position leaves with
+        its own final state, so no restoration is needed. Returns logits (R, n, V), new_kv
+        (R, depth, 2, H, n, head_dim).
+        """
+        h = self.embed(x, pos_idx, cond.sos)
+        n = h.shape[1]
+        new_kv, entropy = [], None
+        for i, blk in enumerate(self.blocks):
+            ada, past = cond.ada[:, i], live_past(kv, i, kv_bias[i])
+            if i <= entropy_block:
+                h, k, v, *ent = blk(h, ada, None, past, i == entropy_block)
+                entropy = ent[0] if ent else entropy
+            else:
+                keep_rank = keep_ranks[i - entropy_block - 1]
+                idx = lowest_entropy(entropy, keep_rank)
+                t, k, v = blk(gather_tokens(h, idx), ada, None, past)
+                h = scatter_tokens(h, idx, t)
+                k, v = first_slots(k, keep_rank, n), first_slots(v, keep_rank, n)
+            new_kv.append(torch.stack((k, v), dim=1))
+        return self.logits(h, cond.head_ada), torch.stack(new_kv, dim=1)
 
     def empty_kv(self, batch: int, capacity: int, device=None) -> tuple[Tensor, Tensor]:
         """A zeroed KV cache of ``capacity`` slots and its all-empty bias."""

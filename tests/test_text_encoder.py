@@ -15,6 +15,14 @@ def encoder():
     return tiny_text_encoder(32)
 
 
+def default_attention() -> str:
+    """transformers' default T5 attention, what the official ``from_pretrained`` call gets: sdpa
+    since T5 supports it (transformers 5.x), eager before."""
+    from transformers import T5EncoderModel
+
+    return "sdpa" if T5EncoderModel._supports_sdpa else "eager"
+
+
 def test_tokenize_appends_eos_pads_and_truncates(encoder):
     ids, mask = encoder.tokenize(["a red cat", "dog"], 8)
     assert ids.dtype == torch.int64 and ids.shape == (2, 8)
@@ -25,11 +33,36 @@ def test_tokenize_appends_eos_pads_and_truncates(encoder):
 
 
 def test_bucket_padding_changes_no_feature(encoder):
-    """With the mask, the real tokens' features do not depend on the padded length (64 vs 512)."""
-    short, lengths = encoder.encode(["a red cat on the sky", "dog"], 64)
-    long, _ = encoder.encode(["a red cat on the sky", "dog"], 512)
+    """With the mask, the real tokens' features do not depend on the padded length: varrt's 64-token
+    bucket and the official 512 give the same bits with the attention implementation varrt uses."""
+    assert encoder.attention == default_attention()
+    prompts = ["a red cat on the sky", "dog", "a small house by the sea with a tree and a mountain at night"]
+    short, lengths = encoder.encode(prompts, 64)
+    long, _ = encoder.encode(prompts, 512)
     for i, n in enumerate(lengths.tolist()):
-        torch.testing.assert_close(short[i, :n], long[i, :n], atol=1e-6, rtol=0)
+        assert torch.equal(short[i, :n], long[i, :n]), f"prompt {i}"
+
+
+def test_t5_is_loaded_as_the_official_code_loads_it(encoder, tmp_path):
+    """The official ``load_tokenizer`` calls ``T5EncoderModel.from_pretrained`` with transformers'
+    default attention; varrt's loader gets the same implementation, hence the same features, where
+    eager attention (what varrt used before) differs in the last bits."""
+    from transformers import T5EncoderModel
+
+    path = save_text_encoder(encoder, tmp_path / "t5")
+    ours = load_text_encoder(path)
+    official = T5EncoderModel.from_pretrained(str(path)).eval()
+    ids, mask = ours.tokenize(["a red cat on the sky", "a small house by the sea"], 512)
+    implementation = official.config._attn_implementation
+    with torch.inference_mode():
+        want = official(input_ids=ids, attention_mask=mask).last_hidden_state
+        official.set_attn_implementation("eager")
+        eager = official(input_ids=ids, attention_mask=mask).last_hidden_state
+    got, _ = ours.encode(["a red cat on the sky", "a small house by the sea"], 512)
+    assert ours.attention == implementation == default_attention()
+    assert torch.equal(got, want)
+    if implementation == "sdpa":
+        assert not torch.equal(eager, want)  # the implementation matters at the last bits
 
 
 def test_save_load_round_trip(encoder, tmp_path):
