@@ -27,8 +27,9 @@ import torch
 
 from varrt.engines.base import Engine
 from varrt.runtime.evaluate import evaluate, sample_flops
-from varrt.runtime.generate import generate
-from varrt.runtime.policies import Policy, make_policy
+from varrt.runtime.outputs import write_files
+from varrt.runtime.pipeline import Pipeline
+from varrt.runtime.policies import Policy
 from varrt.runtime.sampling import SamplingConfig
 
 
@@ -55,17 +56,24 @@ def stats(values: Sequence[float]) -> dict:
     }
 
 
+#: the CPU features that decide which int8 form is fast (u8 x s8 in saturating int16 without VNNI)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def machine() -> dict:
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == platform.processor():
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = [f for f in CPU_FLAGS if f in line.split(":", 1)[1].split()]
                 break
     except OSError:
         pass
     info = {
         "cpu": cpu,
+        "cpu_flags": flags,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
@@ -130,15 +138,7 @@ def provenance(warmup: int, repeat: int) -> dict:
 
 def write_results(stem: Path, texts: dict[str, str]) -> list[Path]:
     """``stem`` + each suffix with its text, each written to a temporary name first, then renamed."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for suffix, text in texts.items():
-        p = stem.with_suffix(suffix)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
-        paths.append(p)
-    return paths
+    return write_files([(stem.with_suffix(sfx), lambda tmp, t=text: tmp.write_text(t)) for sfx, text in texts.items()])
 
 
 def kv_bytes(engine: Engine, policy: Policy, batch: int) -> int:
@@ -149,18 +149,19 @@ def kv_bytes(engine: Engine, policy: Policy, batch: int) -> int:
 
 
 def run_bench(
-    engines: dict[str, Engine],
+    pipelines: dict[str, Pipeline],
     policy_specs: Sequence[str],
     config: BenchConfig,
     weight_bytes: dict[str, int],
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict:
-    """Time every (backend, policy); ``engines`` maps backend name -> engine (all with the same model)."""
-    first = next(iter(engines.values()))
-    cfg = first.var_config
-    policies = [make_policy(s, cfg) for s in policy_specs]
+    """Time every (backend, policy); ``pipelines`` maps backend name -> pipeline (all with the same model)."""
+    first = next(iter(pipelines.values()))
+    engines = {b: p.engine for b, p in pipelines.items()}
+    cfg = first.engine.var_config
+    policies = [first.policy(s) for s in policy_specs]
     if "full" not in [p.name for p in policies]:
-        policies.insert(0, make_policy("full", cfg))
+        policies.insert(0, first.policy("full"))
     keys = [(b, p) for b in engines for p in policies]
     runs: dict[tuple[str, str], dict] = {
         (b, p.name): {"total": [], "scales": [], "decode": [], "condition": [], "flops": [], "rss": 0} for b, p in keys
@@ -170,7 +171,8 @@ def run_bench(
         for backend, policy in keys:
             engine = engines[backend]
             t0 = time.perf_counter()
-            result = generate(engine, config.labels, seed=config.seed, sampling=config.sampling, policy=policy)
+            pipe = pipelines[backend]
+            result = pipe.generate(config.labels, seed=config.seed, sampling=config.sampling, policy=policy)
             wall = time.perf_counter() - t0
             r = runs[(backend, policy.name)]
             if timed:
@@ -221,9 +223,8 @@ def run_bench(
     fidelity = {}
     if config.fidelity_seeds:
         say(f"fidelity over {config.fidelity_seeds} seeds")
-        engine = engines[backends[-1]]
         fidelity = evaluate(
-            engine,
+            pipelines[backends[-1]],
             [p for p in policies if p.name != "full"],
             config.labels,
             list(range(1000, 1000 + config.fidelity_seeds)),
@@ -247,19 +248,50 @@ def run_bench(
     }
 
 
-def markdown(report: dict) -> str:
-    m, model = report["machine"], report["model"]
-    lines = [
-        f"# {model['name']} — {', '.join(sorted({r['backend'] for r in report['results']}))}",
-        "",
+def provenance_lines(report: dict) -> list[str]:
+    """The markdown lines saying when, from which commit and command, and where a result was measured."""
+    m = report["machine"]
+    return [
         f"- date {report['date']}, commit `{report['commit']}`, command `{report['command']}`",
         f"- machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads)"
         + (f", GPU {m['gpu']['name']} (sm {m['gpu']['sm']})" if "gpu" in m else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+    ]
+
+
+def per_scale_table(
+    heads: Sequence[str], rows: Sequence[tuple[Sequence[str], Sequence[dict], dict | None]], digits: int = 1
+) -> list[str]:
+    """The per-scale medians table every benchmark prints: the leading columns ``heads`` (backend,
+    policy, ...), then one column per scale (each a :func:`stats` dict) and, where rows have it,
+    the decoder's."""
+    n = max(len(scales) for _, scales, _ in rows)
+    decode = any(d is not None for _, _, d in rows)
+    cols = [*heads, *(f"s{i}" for i in range(n)), *(["decode"] if decode else [])]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for lead, scales, dec in rows:
+        cells = [*lead, *(f"{x['median']:.{digits}f}" for x in scales)]
+        if decode:
+            cells.append(f"{dec['median']:.{digits}f}" if dec is not None else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(report: dict) -> str:
+    model = report["model"]
+    lines = [
+        f"# {model['name']} — {', '.join(sorted({r['backend'] for r in report['results']}))}",
+        "",
+        *provenance_lines(report),
         f"- model: {model['name']} (depth {model['depth']}, width {model['width']}, schedule {model['schedule']}); "
         f"weights: **{model['weights']}**",
         f"- batch {report['batch']} with CFG; warm-up {report['warmup']}, repeats {report['repeat']}; "
         "times are medians (p10-p90)",
+        *(
+            ["- precision: " + ", ".join(f"{b} {p}" for b, p in report["precision"].items())]
+            if "precision" in report
+            else []
+        ),
         "",
         "| backend | policy | end-to-end s | speed-up | transformer s | transformer speed-up | GFLOPs/image "
         "| FLOPs vs full | KV MiB |",
@@ -283,15 +315,11 @@ def markdown(report: dict) -> str:
         "",
         "Per-scale medians (ms):",
         "",
-        "| backend | policy | " + " | ".join(f"s{i}" for i in range(len(report["model"]["schedule"]))) + " | decode |",
-        "|---|---|" + "---|" * (len(report["model"]["schedule"]) + 1),
+        *per_scale_table(
+            ("backend", "policy"),
+            [((r["backend"], r["policy"]), r["scale_ms"], r["decode_ms"]) for r in report["results"]],
+        ),
     ]
-    for r in report["results"]:
-        lines.append(
-            f"| {r['backend']} | {r['policy']} | "
-            + " | ".join(f"{x['median']:.1f}" for x in r["scale_ms"])
-            + f" | {r['decode_ms']['median']:.1f} |"
-        )
     if report["fidelity"]:
         lines += [
             "",
@@ -310,50 +338,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(report: dict, stem: Path) -> list[Path]:
-    """Stacked per-scale latency bars per (backend, policy); speed-up vs SSIM when fidelity exists."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = []
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(report["results"])), 4))
-    labels = [f"{r['backend']}\n{r['policy']}" for r in report["results"]]
-    bottoms = np.zeros(len(labels))
-    n_scales = len(report["model"]["schedule"])
-    cmap = plt.get_cmap("viridis", n_scales + 1)
-    for si in range(n_scales):
-        vals = np.array([r["scale_ms"][si]["median"] for r in report["results"]])
-        ax.bar(labels, vals, bottom=bottoms, color=cmap(si), label=f"scale {si}")
-        bottoms += vals
-    dec = np.array([r["decode_ms"]["median"] for r in report["results"]])
-    ax.bar(labels, dec, bottom=bottoms, color="lightgrey", label="decode")
-    ax.set_ylabel("median ms")
-    ax.set_title(f"{report['model']['name']}: per-scale latency (batch {report['batch']})")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    p = stem.with_name(stem.name + "-scales.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    out.append(p)
-    if report["fidelity"]:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for name, f in report["fidelity"].items():
-            ax.scatter(f["speedup"], f["ssim"]["mean"], s=40)
-            ax.annotate(name, (f["speedup"], f["ssim"]["mean"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-        ax.set_xlabel("speed-up vs full (end-to-end)")
-        ax.set_ylabel("SSIM vs full (mean)")
-        ax.set_title("speed vs fidelity")
-        fig.tight_layout()
-        p = stem.with_name(stem.name + "-speedup-ssim.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        out.append(p)
-    return out
-
-
 def write_report(report: dict, directory: Path, name: str) -> list[Path]:
     stem = directory / name
     paths = write_results(stem, {".json": json.dumps(report, indent=1), ".md": markdown(report)})
+    from varrt.runtime.bench_plots import plots
+
     return paths + plots(report, stem)

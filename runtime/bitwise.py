@@ -10,17 +10,18 @@ Per scale, from the head's logits (R, n, 2d) (``logits[..., 2j + c]``: bit j tak
 
 The only random draws of a generation are the per-scale multinomials, one ``exponential_`` fill
 of a (B n d, 2) float32 tensor each, in scale order: same seed and same logits give the same bits.
+Per-sample generators (a server's batches, see ``sampling.Generators``) fill each sample's (n d, 2)
+rows from its own generator, which for a batch of one is the same stream.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from varrt.runtime.sampling import filter_top_k_top_p_
+from varrt.runtime.sampling import Generators, check_numbers, draw, filter_top_k_top_p_
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class BitwiseSampling:
     top_p: float = 0.97
 
     def __post_init__(self) -> None:
+        check_numbers(self, cfg=float, tau=float, top_k=int, top_p=float)
         if not self.tau > 0:
             raise ValueError(f"tau (temperature) must be > 0, got {self.tau}")
         if self.top_k < 0:
@@ -46,7 +48,8 @@ class BitwiseSampling:
 
 def guided_bit_logits(logits: Tensor, batch: int, sampling: BitwiseSampling) -> Tensor:
     """(R, n, 2d) engine logits -> (B, n d, 2) guided per-bit logits (a new tensor). R = 2B mixes
-    the two CFG halves; R = B (conditional branch only) takes them as they are."""
+    the two CFG halves; R = B (one branch) takes them as they are: L / tau of the conditional
+    branch, or of the unconditional one — cfg = 0 in the mix, StageVAR's late scales."""
     scaled = logits.float() * (1.0 / sampling.tau)
     if scaled.shape[0] == 2 * batch:
         if sampling.cfg == 1.0:
@@ -58,15 +61,12 @@ def guided_bit_logits(logits: Tensor, batch: int, sampling: BitwiseSampling) -> 
     return scaled.reshape(batch, -1, 2).clone()
 
 
-def sample_bits(
-    logits: Tensor, batch: int, sampling: BitwiseSampling, rng: torch.Generator | None
-) -> tuple[Tensor, Tensor]:
+def sample_bits(logits: Tensor, batch: int, sampling: BitwiseSampling, rng: Generators) -> tuple[Tensor, Tensor]:
     """Draw every bit of a scale: returns (bits (B, n, d) int64, the guided logits (B, n d, 2))."""
     n = logits.shape[1]
     guided = guided_bit_logits(logits, batch, sampling)
     filtered = filter_top_k_top_p_(guided.clone(), sampling.top_k, sampling.top_p)
-    probs = filtered.softmax(dim=-1).reshape(-1, 2)
-    bits = torch.multinomial(probs, num_samples=1, replacement=True, generator=rng)
+    bits = draw(filtered.softmax(dim=-1), rng)  # (B, n d): one 2-way draw per bit
     return bits.view(batch, n, -1), guided
 
 

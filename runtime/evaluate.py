@@ -15,8 +15,9 @@ import numpy as np
 from varrt.engines.base import Engine
 from varrt.runtime.fidelity import image_metrics, summarize
 from varrt.runtime.flops import plan_flops
-from varrt.runtime.generate import Generation, generate
-from varrt.runtime.policies import Policy, make_policy
+from varrt.runtime.generate import Generation
+from varrt.runtime.pipeline import Pipeline
+from varrt.runtime.policies import Policy
 from varrt.runtime.sampling import SamplingConfig
 
 
@@ -28,28 +29,29 @@ def sample_flops(engine: Engine, policy: Policy, result: Generation) -> float:
 
 
 def evaluate(
-    engine: Engine,
-    policies: Sequence[Policy],
+    pipe: Pipeline,
+    policies: Sequence[Policy | str],
     labels: Sequence[int],
     seeds: Sequence[int],
     sampling: SamplingConfig,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> dict:
-    cfg = engine.var_config
-    full = make_policy("full", cfg)
+    full = pipe.policy("full")
+    policies = [pipe.policy(p) for p in policies]
     policies = [p for p in policies if p.name != full.name]  # full is always the reference
     runs: dict[str, dict] = {p.name: {"ssim": [], "psnr": [], "seconds": [], "flops": []} for p in (full, *policies)}
     for seed in seeds:
-        reference = None
+        # the reference is a run of its own, so ``full``'s row is a second run against it: 1.0 says
+        # the same seed makes the same image (a real check), not an image compared with itself
+        reference = pipe.generate(list(labels), seed=seed, sampling=sampling, policy=full).images
         for policy in (full, *policies):
-            result = generate(engine, list(labels), seed=seed, sampling=sampling, policy=policy)
-            reference = result.images if reference is None else reference
+            result = pipe.generate(list(labels), seed=seed, sampling=sampling, policy=policy)
             ssim, psnr = image_metrics(reference, result.images)
             r = runs[policy.name]
             r["ssim"].extend(ssim.tolist())
             r["psnr"].extend(psnr.tolist())
             r["seconds"].append(result.seconds["total"])
-            r["flops"].append(sample_flops(engine, policy, result))
+            r["flops"].append(sample_flops(pipe.engine, policy, result))
         progress(f"seed {seed}: done")
     base_seconds = float(np.median(runs[full.name]["seconds"]))
     base_flops = float(np.mean(runs[full.name]["flops"]))

@@ -8,7 +8,9 @@ tokens. Self-attention is 4 C n L over the L live keys of that block; head 2 C V
 position; word embedding 2 Cin C per token. A block outside a scale's layer set only projects its
 tokens' keys and values (4 C^2 per token) and adds them to its cache. Both CFG rows count. Work
 done once per generation (VAR's AdaLN projections; Infinity's text keys and values, which the
-official code recomputes at every scale) is reported apart. Attention is counted over live keys
+official code recomputes at every scale) is reported apart. A low-rank (StageVAR) scale runs the
+blocks of chunk c on its r_c mixtures and adds the mixing, 2 N r_c C per chunk (the token norms
+and the scatter are a few N C more, not counted). Attention is counted over live keys
 only — what the math needs, not the empty cache slots a fixed-capacity graph also visits.
 """
 
@@ -57,10 +59,16 @@ def plan_flops(
         n_full = sched.tokens(si)
         n = plan.tokens(si, sched)
         linear = attention = 0.0
+        if sp.ranks is not None:  # the mixing of every chunk
+            linear += sum(2 * n_full * r * c for r in sp.ranks)
         for layer in range(cfg.depth):
             if plan.fastvar_blocks is not None:  # FastVAR prunes inside its blocks only
                 a, b = plan.fastvar_blocks
                 n_l = n if a <= layer < b else n_full
+            elif sp.ranks is not None:
+                n_l = sp.ranks[layer // plan.lowrank_chunk]
+            elif sp.block_tokens is not None:  # ToProVAR: per block
+                n_l = sp.block_tokens[layer]
             else:
                 n_l = n
             live[layer] += n_l
@@ -69,7 +77,7 @@ def plan_flops(
                 continue
             linear += per_token * n_l
             attention += 4 * c * n_l * (live[layer] + text)  # self-attention, then the text's
-        embed_tokens = n_full if plan.fastvar_blocks is not None else n
+        embed_tokens = n_full if plan.fastvar_blocks is not None or sp.ranks is not None else n
         out.append(
             ScaleFlops(
                 linear * rows,

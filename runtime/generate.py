@@ -13,15 +13,20 @@
 Sampling, CFG mixing, token selection, restoration and the f_hat accumulation are this module's,
 shared by every backend; the engine only runs static graphs. The KV cache of a group is laid out
 (rows, depth, 2, heads, T, head_dim) with the conditional rows first, so switching CFG off keeps
-``kv[:b]``: a contiguous view, no copy. Samples that a policy sends to different plans are split
-into groups once, at the scale of the decision (their cache rows are copied then, never again).
+``kv[:b]`` (conditional branch) or ``kv[b:2b]`` (unconditional branch): a contiguous view, no
+copy; a call reads the cache's live prefix (``kv_bias`` covers it) from the buffer in place.
+With one branch the logits are sampled as they are (no guidance mix): the null-class logits alone
+for ``uncond``, as HART — whose guidance is VAR's (1 + t) L_c - t L_u — samples StageVAR's cfg-0
+scales. Samples that a policy sends to different plans are split into groups once, at the scale of
+the decision (:mod:`varrt.runtime.groups`: their cache rows are copied then, never again; on a
+compiled backend a group runs at a bucketed size). StageVAR's low-rank scales take the random
+draws the runtime makes from the request seed (:mod:`varrt.runtime.lowrank`).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,18 +35,20 @@ from torch import Tensor
 
 from varrt.engines.base import Engine
 from varrt.export.graphs import (
-    DTYPE_NAMES,
     FastVarShape,
     GraphSpec,
-    TensorSpec,
+    ToProVarShape,
     conditioner_spec,
     decoder_spec,
     step_spec,
 )
+from varrt.export.stagevar import StageVarShape
 from varrt.export.vqvae import area_down
+from varrt.runtime.groups import Group, KVBuffers, group_width, regroup
+from varrt.runtime.lowrank import lowrank_result, stagevar_feeds
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
-from varrt.runtime.sampling import SamplingConfig, sample_scale
+from varrt.runtime.sampling import Generators, SamplingConfig, generators_of, make_generators, per_sample, sample_scale
 from varrt.runtime.selectors import nearest_fill, upsample_tokens
 
 ScaleCallback = Callable[[int, int, float], None]
@@ -57,112 +64,29 @@ class Generation:
     decisions: list[dict] = field(default_factory=list)  # what the policy decided, scale by scale
     seconds: dict[str, float] = field(default_factory=dict)  # condition, transformer, decode, total
     scale_seconds: list[float] = field(default_factory=list)
-
-
-@dataclass
-class Group:
-    """Samples that run the same plan; their cache rows live in one buffer (cond rows first)."""
-
-    samples: Tensor  # (b,) sample ids, ascending
-    plan_idx: int
-    kv: Tensor  # (R, depth, 2, H, T, Dh): R = 2b with CFG, b without
-    kv_bias: Tensor  # (depth, T): 0 for live slots
-    cond: dict[str, Tensor]  # sos / ada / head_ada for the R rows
-    cfg_on: bool = True
-    slot: int = 0
-    hidden: Tensor | None = None  # the last scale's dense final states (R, m, C), for 'cache' restoration
-    logits: Tensor | None = None  # the last scale's engine logits (R, m, V), for policies that compare branches
-    entropy: Tensor | None = None  # attention entropy of the probe scale (R, depth, n), and that scale's grid
-    entropy_grid: tuple[int, int] = (0, 0)
-    deltas: Tensor | None = None  # FastVAR: the reference scale's residual deltas (R, depth, 2, n, C)
-
-    @property
-    def b(self) -> int:
-        return self.samples.shape[0]
-
-    def rows(self, t: Tensor) -> Tensor:
-        """Per-sample tensor (b, ...) -> per-row (R, ...): both CFG halves see the same values."""
-        return torch.cat((t, t)) if self.cfg_on else t
-
-    def drop_uncond(self) -> None:
-        """CFG off from now on: keep the conditional half (views; nothing is copied)."""
-        b = self.b
-        self.kv = self.kv[:b]
-        self.cond = {k: v[:b] for k, v in self.cond.items()}
-        self.hidden = self.hidden[:b] if self.hidden is not None else None
-        self.deltas = self.deltas[:b] if self.deltas is not None else None
-        self.entropy = self.entropy[:b] if self.entropy is not None else None
-        self.cfg_on = False
-
-    def append(self, new_kv: Tensor, n: int, live: int | None = None, blocks: tuple[int, int] | None = None) -> None:
-        """Write a scale's keys and values into the next n slots and mark them live — in FastVAR's
-        pruned ``blocks`` only the first ``live`` (its pivotal tokens' keys come first)."""
-        self.kv[:, :, :, :, self.slot : self.slot + n] = new_kv
-        self.kv_bias[:, self.slot : self.slot + n] = 0.0
-        if live is not None and live < n:
-            self.kv_bias[blocks[0] : blocks[1], self.slot + live : self.slot + n] = -torch.inf
-        self.slot += n
-
-    def subset(self, local: Tensor, plan_idx: int, buffers: KVBuffers | None = None) -> Group:
-        """A new group of some of these samples (their rows copied once, into one of ``buffers``)."""
-        rows = torch.cat((local, local + self.b)) if self.cfg_on else local
-        pick = lambda t: t.index_select(0, rows.to(t.device)) if t is not None else None  # noqa: E731
-        if buffers is None or not buffers.persistent:
-            kv = pick(self.kv)
-        else:
-            spec = TensorSpec("kv", (rows.numel(), *self.kv.shape[1:]), DTYPE_NAMES[self.kv.dtype])
-            kv = torch.index_select(self.kv, 0, rows.to(self.kv.device), out=buffers.take(spec))
-        return Group(
-            samples=self.samples[local],
-            plan_idx=plan_idx,
-            kv=kv,
-            kv_bias=self.kv_bias.clone(),
-            cond={k: pick(v) for k, v in self.cond.items()},
-            cfg_on=self.cfg_on,
-            slot=self.slot,
-            hidden=pick(self.hidden),
-            logits=pick(self.logits),
-            entropy=pick(self.entropy),
-            entropy_grid=self.entropy_grid,
-            deltas=pick(self.deltas),
-        )
-
-
-class KVBuffers:
-    """The KV buffers of one generation. Compiled engines hand out persistent ones
-    (``engine.allocate(spec, index)``): the n-th buffer of a shape asked for in a generation is the
-    same memory in every generation, so graphs captured on its address replay instead of piling
-    up as groups split. Other engines get fresh zeros."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.count = engine, Counter()
-
-    @property
-    def persistent(self) -> bool:
-        return getattr(self.engine, "allocate", None) is not None
-
-    def take(self, spec: TensorSpec) -> Tensor:
-        allocate = getattr(self.engine, "allocate", None)
-        if allocate is None:
-            return torch.zeros(spec.shape, dtype=spec.torch_dtype, device=self.engine.device)
-        index = self.count[spec.shape]
-        self.count[spec.shape] += 1
-        return allocate(spec, index)
+    #: per scale, (plan, samples, width) of every group that ran: width > samples where a split
+    #: group ran padded to a bucketed size (its padding rows' results dropped)
+    groups: list[list[tuple[str, int, int]]] = field(default_factory=list)
 
 
 def resolve_labels(
     labels: Sequence[int] | Tensor | None,
     batch: int | None,
     num_classes: int,
-    rng: torch.Generator | None,
+    rng: Generators,
     device: torch.device,
 ) -> Tensor:
     """Class ids as a (B,) int64 tensor. ``num_classes`` itself is the null (unconditional) class;
-    no labels draws B uniformly at random from the generator, as the official sampler does."""
+    no labels draws B uniformly at random from the generator, as the official sampler does (per-sample
+    generators: each sample's label from its own)."""
     if labels is None:
+        if per_sample(rng):
+            batch = len(rng)
         if not batch:
             raise ValueError("give class labels or a batch size for random labels")
         uniform = torch.full((1, num_classes), 1.0 / num_classes, device=device)
+        if per_sample(rng):
+            return torch.cat([torch.multinomial(uniform, 1, replacement=True, generator=g).reshape(1) for g in rng])
         return torch.multinomial(uniform, num_samples=batch, replacement=True, generator=rng).reshape(batch)
     t = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
     if t.numel() == 0:
@@ -190,7 +114,7 @@ def fastvar_deltas(g: Group, plan: Plan, si: int, grids: Sequence[tuple[int, int
     generation, so they are not kept)."""
     if plan.scales[si].restore != "fastvar":
         return torch.zeros(graph.input("deltas").shape, device=g.kv.device)
-    return upsample_tokens(g.deltas, grids[plan.fastvar_reference], grids[si])
+    return g.pad_rows(upsample_tokens(g.deltas, grids[plan.fastvar_reference], grids[si]))
 
 
 def select_budget(policy: Policy, plan: Plan, si: int, g: Group, state: ScaleState) -> Tensor:
@@ -223,8 +147,18 @@ def restoration(rule: str, local: Tensor, g: Group, grids: Sequence[tuple[int, i
 class ScaleLoop:
     """One generation's state and its steps (kept together so that policies can look at it)."""
 
-    def __init__(self, engine: Engine, policy: Policy, sampling: SamplingConfig, capacity: int | None) -> None:
-        self.engine, self.policy, self.sampling = engine, policy, sampling
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        sampling: SamplingConfig,
+        capacity: int | None,
+        batch: int = 1,
+        pad_groups: bool | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> None:
+        self.engine, self.policy, self.sampling, self.seed = engine, policy, sampling, seed
+        self.batch, self.pad_groups = batch, pad_groups
         self.cfg = engine.var_config
         self.sched = self.cfg.schedule
         self.plans = policy.plans
@@ -246,30 +180,30 @@ class ScaleLoop:
         """Run scale si for group g: returns its logits (R, m, V) and updates its cache."""
         plan = self.plans[g.plan_idx]
         sp = plan.scales[si]
-        if sp.cfg == "cond" and g.cfg_on:
-            g.drop_uncond()
-        shape = plan.step_shape(si, self.sched, g.b, self.capacity)
+        if sp.cfg != "both" and g.cfg_on:
+            g.keep_branch(sp.cfg)
+        shape = plan.step_shape(si, self.sched, g.width, self.capacity)
         graph = step_spec(self.cfg, shape, self.engine.precision)
+        live = g.live_prefix(shape.past)
         begin, _ = self.sched.begin_ends[si]
         pn, n_full = self.sched.patch_nums[si], self.sched.tokens(si)
         dev = self.engine.device
         common = {**g.cond, "kv": g.kv}
-        if isinstance(shape, FastVarShape):
+        if isinstance(shape, (FastVarShape, ToProVarShape)):  # the graph selects the tokens itself
             pos = torch.arange(begin, begin + n_full, device=dev).expand(shape.rows, n_full)
-            deltas = fastvar_deltas(g, plan, si, self.sched.grids, graph)
-            feeds = {
-                "x": g.rows(x_full),
-                "pos_idx": pos,
-                **common,
-                "kv_bias": g.kv_bias,
-                "keep_rank": torch.arange(shape.keep, device=dev),
-                "deltas": deltas,
-            }
+            feeds = {"x": g.rows(x_full), "pos_idx": pos, **common, "kv_bias": live, **shape.rank_feeds(dev)}
+            if isinstance(shape, FastVarShape):
+                feeds["deltas"] = fastvar_deltas(g, plan, si, self.sched.grids, graph)
             out = self.engine.run(graph, feeds)
             if si == plan.fastvar_reference:
-                g.deltas = out["new_deltas"].clone()  # engine outputs may be reused buffers
-            g.append(out["new_kv"], n_full, shape.keep, plan.fastvar_blocks)
-            return out["logits"]
+                g.deltas = g.own(out["new_deltas"])
+            g.append(out["new_kv"], n_full, shape.live(self.cfg.depth))
+            return g.real_rows(out["logits"])
+        if isinstance(shape, StageVarShape):
+            pos = torch.arange(begin, begin + n_full, device=dev).expand(shape.rows, n_full)
+            feeds = {"x": g.rows(x_full), "pos_idx": pos, **common, "kv_bias": live}
+            out = self.engine.run(graph, {**feeds, **stagevar_feeds(g, shape, self.sched.grids, si, self.seed)})
+            return lowrank_result(g, shape, out, self.cfg.depth)
 
         n = shape.tokens
         if n == n_full:
@@ -292,54 +226,32 @@ class ScaleLoop:
             local = select_budget(self.policy, plan, si, g, state)
             x = torch.gather(x_full, 1, local.unsqueeze(-1).expand(-1, -1, x_full.shape[-1]))
             fill, mask, restore = restoration(sp.restore, local, g, self.sched.grids, si)
+            restore = g.pad_rows(restore)
         feeds = {
             "x": g.rows(x),
             "pos_idx": g.rows(local + begin),
             **common,
-            "kv_bias": g.kv_bias[0],
+            "kv_bias": live[0],
             "fill_idx": g.rows(fill),
             "fill_mask": g.rows(mask),
             "restore": restore,
         }
         out = self.engine.run(graph, feeds)
         g.append(out["new_kv"], n)
-        g.hidden = out["hidden"].clone()  # engine outputs may be reused buffers
+        g.hidden = g.own(out["hidden"])
         if "entropy" in out:
-            g.entropy, g.entropy_grid = out["entropy"].clone(), (pn, pn)
-        return out["logits"]
+            g.entropy, g.entropy_grid = g.own(out["entropy"]), (pn, pn)
+        if "chunk_hidden" in out:
+            g.chunks = g.own(out["chunk_hidden"])
+        return g.real_rows(out["logits"])
 
     # ------------------------------------------------------------------------------- regrouping
     def regroup(self, groups: list[Group], assign: Tensor, si: int) -> list[Group]:
-        return regroup(groups, assign, self.plans, si, self.policy.name, self.buffers)
+        def spec_of(plan: Plan, s: int, size: int) -> GraphSpec:
+            return step_spec(self.cfg, plan.step_shape(s, self.sched, size, self.capacity), self.engine.precision)
 
-
-def regroup(
-    groups: list[Group],
-    assign: Tensor,
-    plans: Sequence[Plan],
-    si: int,
-    policy: str,
-    buffers: KVBuffers | None = None,
-) -> list[Group]:
-    """Move samples to the plans ``assign`` (B,) gives them after scale si; split groups where
-    they diverge (each new group's cache rows are copied once, into one of ``buffers``)."""
-    out = []
-    for g in groups:
-        targets = assign[g.samples]
-        for p in targets.unique().tolist():
-            a, b = plans[g.plan_idx], plans[p]
-            if a.scales[: si + 1] != b.scales[: si + 1]:
-                raise PlanError(
-                    f"policy {policy!r} moved samples from plan {a.name!r} to {b.name!r} after "
-                    f"scale {si}, but the two plans differ before that point"
-                )
-        if (targets == targets[0]).all():
-            g.plan_idx = int(targets[0])
-            out.append(g)
-            continue
-        for p in targets.unique().tolist():
-            out.append(g.subset((targets == p).nonzero().view(-1), int(p), buffers))
-    return out
+        width = group_width(self.engine, self.plans, si, self.batch, spec_of, self.pad_groups)
+        return regroup(groups, assign, self.plans, si, self.policy.name, width, self.buffers)
 
 
 @torch.inference_mode()
@@ -348,18 +260,24 @@ def generate(
     labels: Sequence[int] | Tensor | None = None,
     *,
     batch: int | None = None,
-    seed: int | None = 0,
+    seed: int | Sequence[int] | None = 0,
     sampling: SamplingConfig | None = None,
     policy: Policy | None = None,
     plan: Plan | None = None,
     capacity: int | None = None,
     on_scale: ScaleCallback | None = None,
+    pad_groups: bool | None = None,
 ) -> Generation:
     """Generate images for class ``labels`` on ``engine`` following ``policy`` (or one ``plan``;
     default: the full plan, the official sampler).
 
+    ``seed``: an int seeds one generator for the batch (the official sampler's stream); a sequence
+    gives every sample its own generator (``seed[i]`` for sample i), so that a sample's image does
+    not depend on the rest of the batch; ``[s]`` for a batch of one is the same as ``s``.
     ``capacity`` is the KV capacity the engine's graphs were built for (the largest of the plan
-    set they serve); by default, the policy's own.
+    set they serve); by default, the policy's own. ``pad_groups``: whether groups split off by
+    per-sample decisions run padded to a bucketed size (None: where the engine lacks their exact
+    shape; see :mod:`varrt.runtime.groups`) — the images are the same either way.
     """
     cfg, dev = engine.var_config, engine.device
     sched = cfg.schedule
@@ -368,12 +286,15 @@ def generate(
         policy = StaticPolicy(plan or Plan.full(sched))
     for p in policy.plans:
         p.validate(sched, cfg.depth)
-    loop = ScaleLoop(engine, policy, sampling, capacity or getattr(engine, "kv_capacity", None))
-    rng = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+    rng = make_generators(seed, dev)
     t_start = time.perf_counter()
 
     labels_b = resolve_labels(labels, batch, cfg.num_classes, rng, dev)
     b = labels_b.shape[0]
+    if per_sample(rng) and len(rng) != b:
+        raise ValueError(f"{len(rng)} seeds for {b} samples (give one seed, or one per sample)")
+    capacity = capacity or getattr(engine, "kv_capacity", None)
+    loop = ScaleLoop(engine, policy, sampling, capacity, b, pad_groups, seed)
     both = torch.cat((labels_b, torch.full_like(labels_b, cfg.null_class)))
     cond = engine.run(conditioner_spec(cfg, 2 * b), {"labels": both})
     cond = {k: v.clone() for k, v in cond.items()}  # engine outputs are valid until its next call
@@ -387,6 +308,7 @@ def generate(
     indices: list[Tensor | None] = []
     scale_seconds: list[float] = []
     decisions: list[dict] = []
+    group_log: list[list[tuple[str, int, int]]] = []
 
     f_prev = f_hat
     for si, pn in enumerate(sched.patch_nums):
@@ -395,13 +317,16 @@ def generate(
         f_prev = f_hat
         idx_all = torch.full((b, pn * pn), -1, dtype=torch.int64)
         ran = False
+        group_log.append([])
         for g in groups:
             if not loop.plans[g.plan_idx].scales[si].run:
                 continue
             ran = True
+            group_log[-1].append((loop.plans[g.plan_idx].name, g.b, g.width))
             logits = loop.run_group(g, si, x_next[g.samples.to(dev)])
             g.logits = logits.clone()
-            idx, codes = sample_scale(logits, g.b, sched.progress(si), sampling, rng, codebook.to(dev))
+            group_rng = generators_of(rng, g.samples)
+            idx, codes = sample_scale(logits, g.b, sched.progress(si), sampling, group_rng, codebook.to(dev))
             h = quant.codes_to_map(codes.to(codebook.device), pn)
             sel = g.samples.to(codebook.device)
             new_f, _ = quant.next_input(si, f_hat[sel], h)
@@ -453,4 +378,5 @@ def generate(
             "total": t_end - t_start,
         },
         scale_seconds=scale_seconds,
+        groups=group_log,
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
+
+from varrt.runtime.outputs import write_files
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -15,22 +19,21 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return images.float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_png(pixels: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels, mode="RGB").save(tmp, format="PNG")
-    os.replace(tmp, path)
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> the bytes of a PNG file (what ``save_images`` writes)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_images(images: Tensor, out_dir: str | os.PathLike) -> list[Path]:
-    """DIR/000.png, DIR/001.png, ... in batch order."""
+    """DIR/000.png, DIR/001.png, ... in batch order, all or none (temporary names, then renamed)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, px in enumerate(to_uint8(images)):
-        p = out / f"{i:03d}.png"
-        save_png(px, p)
-        paths.append(p)
-    return paths
+
+    def writer(px: np.ndarray) -> Callable[[Path], None]:
+        return lambda tmp: Image.fromarray(px, mode="RGB").save(tmp, format="PNG")
+
+    return write_files([(out / f"{i:03d}.png", writer(px)) for i, px in enumerate(to_uint8(images))])
 
 
 def grid(images: Tensor, columns: int, pad: int = 2) -> np.ndarray:

@@ -3,6 +3,7 @@
 The export key hashes what the export depends on — the three sources' contents, the policies, the
 batch, the schedule, the text length, the precision and opset, and the versions — and the artifact
 lives under ``$VARRT_CACHE/exports/<key>``; a matching one is reused without loading any weights.
+The cache itself (lock, staging, pack, validation, publish) is VAR's: ``runtime/artifacts.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from varrt.export.artifact import ArtifactError, cache_dir, file_sha256, read_manifest, verify_files
+from varrt.engines.torch_engine import InfinityTorchEngine
+from varrt.export.artifact import Manifest, file_sha256
+from varrt.export.checkpoint import CheckpointError
 from varrt.export.exporter import ExportConfig
 from varrt.export.graphs import GraphSpec
 from varrt.export.infinity_config import BSQVAEConfig, InfinityConfig, InfinitySchedule
@@ -24,10 +27,12 @@ from varrt.export.infinity_graphs import (
     infinity_step_spec,
     text_encoder_spec,
 )
-from varrt.runtime.artifacts import describe_mismatch, export_versions
+from varrt.export.pack import Pack
+from varrt.export.quantize import QUANTIZED
+from varrt.runtime.artifacts import ExportJob, export_versions, provide_artifact, validate_parity
 from varrt.runtime.bitwise import vae_grid
 from varrt.runtime.infinity_generate import infinity_step_shape
-from varrt.runtime.plan import kv_capacity, spec_identity, step_shapes
+from varrt.runtime.plan import group_sizes, kv_capacity, spec_identity, step_shapes
 from varrt.runtime.policies import Policy
 from varrt.runtime.policies.infinity import make_infinity_policy
 
@@ -41,9 +46,14 @@ class InfinityExportRequest:
     text_length: int
     negative: bool  # also the text encoder shape for prompts + negative prompts
     config: ExportConfig = field(default_factory=ExportConfig)
+    buckets: bool = False  # also every smaller batch bucket (see ExportRequest.buckets)
+
+    @property
+    def batches(self) -> tuple[int, ...]:
+        return group_sizes(self.batch) if self.buckets else (self.batch,)
 
     def identity(self) -> dict:
-        return {
+        identity = {
             "family": "infinity",
             "source": {k: ({"sha256": v["sha256"]} if "sha256" in v else v) for k, v in self.source.items()},
             "policies": [spec_identity(p) for p in self.policies],
@@ -55,6 +65,9 @@ class InfinityExportRequest:
             "opset": self.config.opset,
             "versions": export_versions(),
         }
+        if self.buckets:
+            identity["buckets"] = list(self.batches)
+        return identity
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()
@@ -63,8 +76,10 @@ class InfinityExportRequest:
 def infinity_source(checkpoint: Path, vae: Path, text_encoder: Path) -> dict:
     """Files by content: a sharded checkpoint directory hashes its index and shards."""
 
-    def digest(p: Path) -> str:
+    def digest(name: str, p: Path) -> str:
         p = Path(p)
+        if not p.exists():
+            raise CheckpointError(f"{name} not found: {p}")
         if not p.is_dir():
             return file_sha256(p)
         h = hashlib.sha256()
@@ -73,7 +88,7 @@ def infinity_source(checkpoint: Path, vae: Path, text_encoder: Path) -> dict:
         return h.hexdigest()
 
     return {
-        name: {"path": str(Path(p).resolve()), "sha256": digest(p)}
+        name: {"path": str(Path(p).resolve()), "sha256": digest(name, p)}
         for name, p in (("infinity", checkpoint), ("vae", vae), ("text_encoder", text_encoder))
     }
 
@@ -89,7 +104,8 @@ def required_infinity_graphs(
     precision: str,
 ) -> tuple[list[GraphSpec], int]:
     """Every static graph the policies need, and the KV capacity they share. Adaptive policies
-    split a batch into groups of any size 1..B after their decision: those sizes are exported too."""
+    split a batch into groups after their decision: the bucketed group sizes (B, B // 2, ..., 1,
+    :func:`~varrt.runtime.plan.group_sizes`) are exported too."""
     plans = [p for pol in policies for p in pol.plans]
     cap = kv_capacity(plans, schedule)
     graphs: dict[str, GraphSpec] = {}
@@ -118,50 +134,48 @@ def ensure_infinity_artifact(
     load_models: Callable[[], tuple],
     out: Path | None = None,
     force: bool = False,
+    validate: bool = True,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Path:
-    """The artifact for ``request``: reused when its key matches, exported otherwise.
-    ``load_models`` returns (Infinity, BSQVAE, TextEncoder) and is only called to export."""
-    key = request.key()
-    out = Path(out) if out is not None else cache_dir() / "exports" / key[:16]
-    if (out / "manifest.json").exists():
-        m = read_manifest(out)
-        if m.export_key == key:
-            verify_files(out, m)
-            say(f"reusing the export in {out}")
-            return out
-        if not force:
-            raise ArtifactError(
-                f"{out} holds another export ({describe_mismatch(m.request, request.identity())} differ); "
-                "pass --force to replace it, or choose another --out"
-            )
-    say("loading the torch models")
-    model, vae, text_encoder = load_models()
-    policies = [make_infinity_policy(s, request.schedule, model.cfg.depth) for s in request.policies]
-    graphs, cap = required_infinity_graphs(
-        model.cfg,
-        vae.cfg,
-        request.schedule,
-        policies,
-        request.batch,
-        request.text_length,
-        request.negative,
-        request.config.precision,
-    )
-    export_infinity_artifact(
-        model,
-        vae,
-        text_encoder,
-        graphs,
-        out,
-        config=request.config,
-        schedule=request.schedule,
-        batch=request.batch,
-        kv_capacity=cap,
-        plans=[p.to_dict() for pol in policies for p in pol.plans],
-        source=request.source,
-        export_key=key,
-        request=request.identity(),
-        progress=say,
-    )
-    return out
+    """The artifact for ``request``: reused when its key matches, exported and validated otherwise
+    (the same cache as VAR's: :func:`varrt.runtime.artifacts.provide_artifact`). ``load_models``
+    returns (Infinity, BSQVAE, TextEncoder) and is only called to export or validate."""
+    if request.config.precision in QUANTIZED:
+        raise ValueError(
+            f"--precision {request.config.precision}: quantized exports cover VAR so far; export Infinity at "
+            "float32, float16 or bfloat16"
+        )
+
+    def write(models: tuple, work: Path, pack: Pack, say: Callable[[str], None]) -> Manifest:
+        model, vae, text_encoder = models
+        policies = [make_infinity_policy(s, request.schedule, model.cfg.depth) for s in request.policies]
+        graphs: dict[str, GraphSpec] = {}
+        for b in request.batches:  # the batch, and with buckets every smaller bucket
+            specs, cap = required_infinity_graphs(
+                model.cfg, vae.cfg, request.schedule, policies, b, request.text_length, request.negative,
+                request.config.precision,
+            )  # fmt: skip
+            graphs.update((g.name, g) for g in specs)
+        return export_infinity_artifact(
+            model,
+            vae,
+            text_encoder,
+            list(graphs.values()),
+            work,
+            config=request.config,
+            schedule=request.schedule,
+            batch=request.batch,
+            kv_capacity=cap,
+            plans=[p.to_dict() for pol in policies for p in pol.plans],
+            source=request.source,
+            export_key=request.key(),
+            request=request.identity(),
+            progress=say,
+            pack=pack,
+        )
+
+    def check(models: tuple, where: Path, manifest: Manifest, say: Callable[[str], None]) -> dict:
+        return validate_parity(where, InfinityTorchEngine(*models), manifest, say)
+
+    job = ExportJob(request.key(), request.identity(), load_models, write, check)
+    return provide_artifact(job, out, force, validate, say)

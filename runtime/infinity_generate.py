@@ -13,7 +13,8 @@
 
 Like :mod:`varrt.runtime.generate` (VAR), sampling, CFG, token selection, restoration and the
 code accumulation are the runtime's, shared by every backend; the KV cache keeps the conditional
-rows first so that a conditional-only scale reads ``kv[:B]``. Policies and plans are the VAR
+rows first so that a one-branch scale reads ``kv[:B]`` (conditional) or ``kv[B:2B]``
+(unconditional: StageVAR's cfg = 0, whose logits are then L_uncond / tau). Policies and plans are the VAR
 ones (:mod:`varrt.runtime.policies`), built on the request's schedule: a plan says per scale
 whether it runs (a skipped scale adds no codes), its CFG branches, its token budget and
 restoration, its layer set; FastVAR plans run Infinity's FastVAR graph from the reference scale on.
@@ -29,30 +30,28 @@ import torch
 from torch import Tensor
 
 from varrt.engines.base import Engine
-from varrt.export.graphs import FastVarShape
+from varrt.export.graphs import FastVarShape, ToProVarShape
 from varrt.export.infinity import scale_positions, text_bias
 from varrt.export.infinity_config import InfinitySchedule
 from varrt.export.infinity_graphs import (
     InfinityFastVarShape,
+    InfinityStageVarShape,
+    InfinityToProVarShape,
     TextStepShape,
     infinity_conditioner_spec,
     infinity_decoder_spec,
     infinity_step_spec,
     text_encoder_spec,
 )
+from varrt.export.stagevar import StageVarShape
 from varrt.export.text_encoder import text_bucket
 from varrt.runtime.bitwise import BitwiseSampling, accumulate, bits_to_codes, next_input, sample_bits, vae_grid
-from varrt.runtime.generate import (
-    Group,
-    KVBuffers,
-    dense_fill,
-    fastvar_deltas,
-    regroup,
-    restoration,
-    select_budget,
-)
+from varrt.runtime.generate import dense_fill, fastvar_deltas, restoration, select_budget
+from varrt.runtime.groups import Group, KVBuffers, group_width, regroup
+from varrt.runtime.lowrank import lowrank_result, stagevar_feeds
 from varrt.runtime.plan import Plan, PlanError, kv_capacity
 from varrt.runtime.policies import Policy, ScaleState, StaticPolicy
+from varrt.runtime.sampling import generators_of, make_generators, per_sample
 
 ScaleCallback = Callable[[int, int, float], None]
 
@@ -71,48 +70,71 @@ class TextGeneration:
 
 def infinity_step_shape(
     plan: Plan, si: int, schedule: InfinitySchedule, batch: int, capacity: int, text: int
-) -> TextStepShape | InfinityFastVarShape:
+) -> TextStepShape | InfinityFastVarShape | InfinityToProVarShape | InfinityStageVarShape:
     """The static shape of one Infinity transformer call of ``plan`` at scale si: VAR's
     :meth:`~varrt.runtime.plan.Plan.step_shape` plus the text bucket."""
     shape = plan.step_shape(si, schedule, batch, capacity)
-    family = InfinityFastVarShape if isinstance(shape, FastVarShape) else TextStepShape
-    return family(**asdict(shape), text=text)
+    if isinstance(shape, FastVarShape):
+        return InfinityFastVarShape(**asdict(shape), text=text)
+    if isinstance(shape, ToProVarShape):
+        return InfinityToProVarShape(**asdict(shape), text=text)
+    if isinstance(shape, StageVarShape):
+        return InfinityStageVarShape(**asdict(shape), text=text)
+    return TextStepShape(**asdict(shape), text=text)
 
 
 class InfinityScaleLoop:
     """One generation's per-scale calls: the shape of each group's call, its feeds, its cache."""
 
-    def __init__(self, engine: Engine, policy: Policy, schedule: InfinitySchedule, capacity: int, text: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        schedule: InfinitySchedule,
+        capacity: int,
+        text: int,
+        batch: int = 1,
+        pad_groups: bool | None = None,
+        seed: int | Sequence[int] | None = None,
+    ) -> None:
         self.engine, self.policy, self.sched = engine, policy, schedule
-        self.capacity, self.text = capacity, text
+        self.capacity, self.text, self.seed = capacity, text, seed
+        self.batch, self.pad_groups = batch, pad_groups
         self.latents: tuple[Tensor, Tensor] = (torch.zeros(0), torch.zeros(0))  # summed codes now, one scale earlier
+        self.buffers = KVBuffers(engine)
 
     def run_group(self, g: Group, si: int, x_full: Tensor) -> Tensor:
         """Run scale si for group g (x_full (b, N, d_vae) its input tokens): logits (R, N, 2d)."""
         cfg, dev, sched = self.engine.config, self.engine.device, self.sched
         plan = self.policy.plans[g.plan_idx]
         sp = plan.scales[si]
-        if sp.cfg == "cond" and g.cfg_on:
-            g.drop_uncond()
-        shape = infinity_step_shape(plan, si, sched, g.b, self.capacity, self.text)
+        if sp.cfg != "both" and g.cfg_on:
+            g.keep_branch(sp.cfg)
+        shape = infinity_step_shape(plan, si, sched, g.width, self.capacity, self.text)
         graph = infinity_step_spec(cfg, shape, self.engine.precision)
         n_full = sched.tokens(si)
         pos_full = scale_positions(sched, si).to(dev)
-        if isinstance(shape, InfinityFastVarShape):
+        live = g.live_prefix(shape.past)
+        if isinstance(shape, (InfinityFastVarShape, InfinityToProVarShape)):  # the graph selects the tokens
             feeds = {
                 "x": g.rows(x_full),
                 "pos": pos_full.expand(shape.rows, n_full, 3),
                 **g.cond,
                 "kv": g.kv,
-                "kv_bias": g.kv_bias,
-                "keep_rank": torch.arange(shape.keep, device=dev),
-                "deltas": fastvar_deltas(g, plan, si, sched.grids, graph),
+                "kv_bias": live,
+                **shape.rank_feeds(dev),
             }
+            if isinstance(shape, InfinityFastVarShape):
+                feeds["deltas"] = fastvar_deltas(g, plan, si, sched.grids, graph)
             out = self.engine.run(graph, feeds)
             if si == plan.fastvar_reference:
-                g.deltas = out["new_deltas"].clone()  # engine outputs may be reused buffers
-            g.append(out["new_kv"], n_full, shape.keep, plan.fastvar_blocks)
-            return out["logits"]
+                g.deltas = g.own(out["new_deltas"])
+            g.append(out["new_kv"], n_full, shape.live(cfg.depth))
+            return g.real_rows(out["logits"])
+        if isinstance(shape, InfinityStageVarShape):
+            feeds = {"x": g.rows(x_full), "pos": pos_full.expand(shape.rows, n_full, 3), **g.cond, "kv": g.kv}
+            feeds = {**feeds, "kv_bias": live, **stagevar_feeds(g, shape, sched.grids, si, self.seed)}
+            return lowrank_result(g, shape, self.engine.run(graph, feeds), cfg.depth)
         if shape.tokens == n_full:
             fill, mask, restore = dense_fill(shape.rows, g.b, n_full, cfg.width, dev)
             x, pos = x_full, pos_full.expand(g.b, n_full, 3)
@@ -124,22 +146,35 @@ class InfinityScaleLoop:
             x = torch.gather(x_full, 1, local.unsqueeze(-1).expand(-1, -1, x_full.shape[-1]))
             pos = pos_full[local]
             fill, mask, restore = restoration(sp.restore, local, g, sched.grids, si)
+            restore = g.pad_rows(restore)
         feeds = {
             "x": g.rows(x),
             "pos": g.rows(pos),
             **g.cond,
             "kv": g.kv,
-            "kv_bias": g.kv_bias[0],
+            "kv_bias": live[0],
             "fill_idx": g.rows(fill),
             "fill_mask": g.rows(mask),
             "restore": restore,
         }
         out = self.engine.run(graph, feeds)
         g.append(out["new_kv"], shape.tokens)
-        g.hidden = out["hidden"].clone()
+        g.hidden = g.own(out["hidden"])
         if "entropy" in out:
-            g.entropy, g.entropy_grid = out["entropy"].clone(), sched.grids[si]
-        return out["logits"]
+            g.entropy, g.entropy_grid = g.own(out["entropy"]), sched.grids[si]
+        if "chunk_hidden" in out:
+            g.chunks = g.own(out["chunk_hidden"])
+        return g.real_rows(out["logits"])
+
+    def regroup(self, groups: list[Group], assign: Tensor, si: int) -> list[Group]:
+        cfg, precision = self.engine.config, self.engine.precision
+
+        def spec_of(plan: Plan, s: int, size: int):
+            shape = infinity_step_shape(plan, s, self.sched, size, self.capacity, self.text)
+            return infinity_step_spec(cfg, shape, precision)
+
+        width = group_width(self.engine, self.policy.plans, si, self.batch, spec_of, self.pad_groups)
+        return regroup(groups, assign, self.policy.plans, si, self.policy.name, width, self.buffers)
 
 
 def encode_prompts(engine: Engine, tokenizer, prompts: Sequence[str], negative: Sequence[str] | None, length: int):
@@ -158,7 +193,7 @@ def generate_infinity(
     prompts: Sequence[str],
     *,
     negative_prompt: str | Sequence[str] | None = None,
-    seed: int | None = 0,
+    seed: int | Sequence[int] | None = 0,
     sampling: BitwiseSampling | None = None,
     policy: Policy | None = None,
     plan: Plan | None = None,
@@ -166,13 +201,16 @@ def generate_infinity(
     text_length: int | None = None,
     capacity: int | None = None,
     on_scale: ScaleCallback | None = None,
+    pad_groups: bool | None = None,
 ) -> TextGeneration:
     """Generate one image per prompt on ``engine`` (text encoder run by the engine, tokenised by
     ``tokenizer``, a :class:`~varrt.export.text_encoder.TextEncoder`).
 
     ``text_length`` is the padded prompt length (default: the smallest bucket that holds every
     prompt, see :func:`~varrt.export.text_encoder.text_bucket`); ``capacity`` the KV slots the
-    engine's graphs were built for (default: the policy's own need).
+    engine's graphs were built for (default: the policy's own need); ``pad_groups`` as in VAR's
+    :func:`~varrt.runtime.generate.generate`. ``seed``: one int (one generator for the batch) or
+    one per prompt (per-sample generators, as in ``generate``).
     """
     cfg, dev = engine.config, engine.device
     sched = schedule or InfinitySchedule.for_ratio(1.0, "1M")
@@ -194,7 +232,9 @@ def generate_infinity(
     capacity = capacity or getattr(engine, "kv_capacity", None) or need
     if capacity < need:
         raise PlanError(f"KV capacity {capacity} is below what policy {policy.name!r} needs ({need})")
-    rng = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+    rng = make_generators(seed, dev)
+    if per_sample(rng) and len(rng) != b:
+        raise ValueError(f"{len(rng)} seeds for {b} prompts (give one seed, or one per prompt)")
     t_start = time.perf_counter()
 
     # ---- text, once
@@ -223,10 +263,9 @@ def generate_infinity(
 
     # ---- scales
     plans = policy.plans
-    loop = InfinityScaleLoop(engine, policy, sched, capacity, text_length)
-    kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, text=text_length), engine.precision)
-    buffers = KVBuffers(engine)
-    kv = buffers.take(kv_spec.input("kv"))
+    loop = InfinityScaleLoop(engine, policy, sched, capacity, text_length, b, pad_groups, seed)
+    kv_spec = infinity_step_spec(cfg, TextStepShape(2 * b, 1, 1, capacity, past=1, text=text_length), engine.precision)
+    kv = loop.buffers.take(kv_spec.input("kv"))
     groups = [Group(torch.arange(b), 0, kv, torch.full((cfg.depth, capacity), -torch.inf, device=dev), cond)]
     vgrid = vae_grid(sched.last, cfg.patchify)
     summed = torch.zeros(b, cfg.code_bits, *vgrid, device=dev)
@@ -247,7 +286,7 @@ def generate_infinity(
             ran = True
             logits = loop.run_group(g, si, x_next[g.samples.to(dev)])
             g.logits = logits.reshape(logits.shape[0], -1, 2).clone()  # one 2-way distribution per bit
-            bits, _ = sample_bits(logits, g.b, sampling, rng)
+            bits, _ = sample_bits(logits, g.b, sampling, generators_of(rng, g.samples))
             codes = bits_to_codes(bits, grid, cfg.patchify)
             sel = g.samples.to(dev)
             if si == sched.num_scales - 1 and codes.shape[-2:] != summed.shape[-2:]:
@@ -261,7 +300,7 @@ def generate_infinity(
         assign = policy.after_scale(state)
         if assign is not None:
             decisions.append({"scale": si, "plans": [plans[int(p)].name for p in assign]})
-            groups = regroup(groups, assign, plans, si, policy.name, buffers)
+            groups = loop.regroup(groups, assign, si)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         scale_seconds.append(time.perf_counter() - t0)

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Group
 from rich.table import Table
 
 from varrt.export.artifact import MANIFEST, cache_dir, read_manifest, varrt_version
+from varrt.export.quantize import QUANTIZED, io_precision
 from varrt.runtime.console import table
 
 
@@ -23,8 +25,25 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
-def inspect_path(path: Path) -> Group | Table:
-    """An artifact directory, a TensorRT engine directory (from the cache) or a single ONNX file."""
+def inspect_path(path: Path, verify: bool = False) -> Group:
+    """An artifact directory, a TensorRT engine directory (from the cache) or a single ONNX file, as tables.
+    An artifact's files are checked as an engine checks them (``verify``: every byte read again)."""
+    info = describe_path(path, verify)
+    parts = [table(info["path"], ["", ""], [[k, v] for k, v in info["summary"].items()])]
+    if info.get("graphs"):
+        rows = [[g["name"], ", ".join(g["inputs"]), ", ".join(g["outputs"])] for g in info["graphs"]]
+        parts.append(
+            table(
+                "static graphs (one TensorRT profile each; ONNX Runtime also runs other batch sizes)",
+                ["graph", "inputs", "outputs"],
+                rows,
+            )
+        )
+    return Group(*parts)
+
+
+def describe_path(path: Path, verify: bool = False) -> dict:
+    """What ``varrt inspect`` shows, as data (``--json``): kind, path, summary, and the static graphs."""
     path = Path(path)
     if path.suffix == ".onnx":
         return _inspect_onnx(path)
@@ -34,56 +53,73 @@ def inspect_path(path: Path) -> Group | Table:
             f"{path}: no {MANIFEST} here; give an export directory, an engine directory "
             "(under $VARRT_CACHE/engines) or an .onnx file"
         )
-    meta = json.loads(meta_path.read_text())
-    if "component" in meta and (path / "engine.plan").exists():
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); the artifact is damaged: export it again") from None
+    if isinstance(meta, dict) and "component" in meta and (path / "engine.plan").exists():
         return _inspect_engine(path, meta)
-    return _inspect_artifact(path)
+    return _inspect_artifact(path, verify)
 
 
-def _inspect_artifact(path: Path) -> Group:
+def _checks(path: Path, m, verify: bool) -> dict[str, str]:
+    """What is checked about the artifact, and the result now."""
+    from varrt.export.artifact import FILE_CHECK, ArtifactError, parity_state, verify_files
+
+    try:
+        verify_files(path, m, full=verify)
+        files = "ok"
+    except ArtifactError as e:
+        files = f"FAILED: {e}"
+    how = "every byte read again (--verify)" if verify else FILE_CHECK
+    parity = m.validation.get("parity", {})
+    state = parity_state(m)
+    detail = {
+        "passed": f"ONNX Runtime vs torch on every static graph within {parity.get('tolerance')} (relative), "
+        "no NaN/Inf",
+        "measured": "quantized: ONNX Runtime vs fp32 torch on every static graph, no NaN/Inf, max relative "
+        f"error {max(parity.get('quantized_vs_fp32_max_relative_error', {}).values(), default=0):.3g} (no tolerance)",
+        "skipped": str(parity.get("skipped")),
+        "not run": "exported with --no-validate: a validating export checks it before reusing it",
+    }[state]
+    static = "passed" if m.validation.get("static_shapes") == "passed" else "not recorded"
+    graphs = (
+        f"ONNX checker {m.validation.get('onnx_checker', '?')}, TensorRT ops {m.validation.get('tensorrt_ops', '?')} "
+        "at export; "
+        f"strict shape inference at every static shape {static}"
+    )
+    return {"files": f"{files}: {how}", "parity": f"{state}: {detail}", "graph checks": graphs}
+
+
+def _inspect_artifact(path: Path, verify: bool = False) -> dict:
     m = read_manifest(path)
-    cfg = m.var
-    itemsize = torch.tensor([], dtype=getattr(torch, m.precision)).element_size()
+    if m.family == "infinity":
+        cfg, name, schedule = m.infinity, m.infinity.name or "infinity", [list(g) for g in m.infinity_schedule.grids]
+    else:
+        cfg, name, schedule = m.var, m.var.label, list(m.var.patch_nums)
+    itemsize = torch.tensor([], dtype=getattr(torch, io_precision(m.precision))).element_size()
     kv = 2 * m.batch * cfg.depth * 2 * cfg.heads * m.kv_capacity * cfg.head_dim * itemsize
-    summary = table(
-        f"{path}",
-        ["", ""],
-        [
-            [
-                "model",
-                f"{cfg.label}: depth {cfg.depth}, width {cfg.width}, heads {cfg.heads}, "
-                f"schedule {list(cfg.patch_nums)}",
-            ],
-            ["precision / opset", f"{m.precision} / {m.opset}"],
-            ["batch / KV capacity", f"{m.batch} / {m.kv_capacity} slots ({_mib(kv)} of KV cache with CFG)"],
-            ["weights.bin", _mib(m.files["weights.bin"]["bytes"])],
-            [
-                "components",
-                ", ".join(f"{c} ({_mib(v.get('weight_bytes'))} of weights)" for c, v in m.components.items()),
-            ],
-            ["TensorRT weights", _trt_weights(m)],
-            ["plans", ", ".join(p["name"] for p in m.plans)],
-            [
-                "source",
-                json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "sha256"} for k, v in m.source.items()}),
-            ],
-            ["validation", json.dumps({k: (v if not isinstance(v, dict) else "...") for k, v in m.validation.items()})],
-            ["exported", f"{m.created} by varrt {m.varrt_version}"],
-        ],
-    )
-    graphs = table(
-        "static graphs (one TensorRT profile each)",
-        ["graph", "inputs", "outputs"],
-        [
-            [
-                g.name,
-                ", ".join(f"{t.name}{list(t.shape)}:{t.dtype}" for t in g.inputs),
-                ", ".join(f"{t.name}{list(t.shape)}" for t in g.outputs),
-            ]
-            for g in m.graphs
-        ],
-    )
-    return Group(summary, graphs)
+    summary = {
+        "model": f"{name}: depth {cfg.depth}, width {cfg.width}, heads {cfg.heads}, schedule {schedule}",
+        "precision / opset": f"{m.precision} / {m.opset}",
+        "batch / KV capacity": f"{m.batch} / {m.kv_capacity} slots ({_mib(kv)} of KV cache with CFG)",
+        "weights.bin": _mib(m.files["weights.bin"]["bytes"]),
+        "components": ", ".join(f"{c} ({_mib(v.get('weight_bytes'))} of weights)" for c, v in m.components.items()),
+        **({"TensorRT weights": _trt_weights(m)} if m.family == "var" else {}),
+        "plans": ", ".join(p["name"] for p in m.plans),
+        "source": json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "sha256"} for k, v in m.source.items()}),
+        **_checks(path, m, verify),
+        "exported": f"{m.created} by varrt {m.varrt_version}",
+    }
+    graphs = [
+        {
+            "name": g.name,
+            "inputs": [f"{t.name}{list(t.shape)}:{t.dtype}" for t in g.inputs],
+            "outputs": [f"{t.name}{list(t.shape)}" for t in g.outputs],
+        }
+        for g in m.graphs
+    ]
+    return {"kind": "artifact", "path": str(path), "summary": summary, "graphs": graphs}
 
 
 def _trt_weights(m) -> str:
@@ -98,46 +134,57 @@ def _trt_weights(m) -> str:
         + "; engines load on first use)"
     )
     scratch = scratch_bytes(m)
-    return text + (f"; {_mib(scratch)} of scratch for FastVAR's left-out deltas" if scratch else "")
+    left_out = "outputs graphs leave out (FastVAR's deltas, StageVAR's state)"
+    return text + (f"; {_mib(scratch)} of scratch for {left_out}" if scratch else "")
 
 
-def _inspect_engine(path: Path, meta: dict) -> Table:
-    rows = [[k, json.dumps(v) if isinstance(v, dict | list) else str(v)] for k, v in meta.items()]
-    rows.append(["engine.plan", _mib((path / "engine.plan").stat().st_size)])
+def _inspect_engine(path: Path, meta: dict) -> dict:
+    summary = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in meta.items()}
+    summary["engine.plan"] = _mib((path / "engine.plan").stat().st_size)
     layers = path / "layers.json"
     if layers.exists():
         info = json.loads(layers.read_text())
-        rows.append(["layers", str(len(info.get("Layers", [])))])
-    return table(str(path), ["", ""], rows)
+        summary["layers"] = str(len(info.get("Layers", [])))
+    return {"kind": "engine", "path": str(path), "summary": summary}
 
 
-def _inspect_onnx(path: Path) -> Table:
+def _inspect_onnx(path: Path) -> dict:
     import collections
 
     import onnx
+    from google.protobuf.message import DecodeError
 
     from varrt.export.onnx_export import weight_bytes
     from varrt.export.trt_ops import unsupported_ops
 
-    model = onnx.load(str(path), load_external_data=False)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not an ONNX model; export it again")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ValueError(
+            f"{path} is not a readable ONNX model (truncated or corrupt? {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no details'}); export it again"
+        ) from None
+    if not model.graph.node and not model.graph.output:
+        raise ValueError(f"{path} parses as an ONNX message but holds no graph (corrupt?); export it again")
 
     def dims(vi) -> str:
         return "[" + ", ".join(str(d.dim_value or d.dim_param) for d in vi.type.tensor_type.shape.dim) + "]"
 
     ops = collections.Counter(n.op_type for n in model.graph.node)
     problems = unsupported_ops(model)
-    return table(
-        str(path),
-        ["", ""],
-        [
-            ["opset", ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)],
-            ["inputs", ", ".join(f"{i.name}{dims(i)}" for i in model.graph.input)],
-            ["outputs", ", ".join(f"{o.name}{dims(o)}" for o in model.graph.output)],
-            ["nodes", f"{len(model.graph.node)}: " + ", ".join(f"{k} {v}" for k, v in ops.most_common())],
-            ["weights", _mib(weight_bytes(model))],
-            ["TensorRT op check", "passed" if not problems else "; ".join(problems)],
-        ],
-    )
+    summary = {
+        "opset": ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import),
+        "inputs": ", ".join(f"{i.name}{dims(i)}" for i in model.graph.input),
+        "outputs": ", ".join(f"{o.name}{dims(o)}" for o in model.graph.output),
+        "nodes": f"{len(model.graph.node)}: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()),
+        "weights": _mib(weight_bytes(model)),
+        "TensorRT op check": "passed" if not problems else "; ".join(problems),
+    }
+    return {"kind": "onnx", "path": str(path), "summary": summary}
 
 
 # ------------------------------------------------------------------------------------------ doctor
@@ -220,6 +267,12 @@ def machine_facts() -> MachineFacts:
 
 
 def doctor() -> Table:
+    """What this machine can run, as a table."""
+    return table("varrt doctor", ["", ""], [[k, v] for k, v in doctor_info().items()])
+
+
+def doctor_info() -> dict[str, str]:
+    """What ``varrt doctor`` checks, as data (``--json``)."""
     f = machine_facts()
     rows = [
         ["varrt", varrt_version()],
@@ -241,19 +294,27 @@ def doctor() -> Table:
         rows.append([f"backend {backend}", "ready" if not lacks else "missing: " + " | ".join(lacks)])
     rows.append(["GPU setup", GPU_RECIPE])
     rows.append(["cache", str(cache_dir())])
-    return table("varrt doctor", ["", ""], rows)
+    return dict(rows)
 
 
 # ------------------------------------------------------------------------------------------ compare
-TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}  # (atol, rtol)
+#: (atol, rtol) per float precision; a quantized artifact has none (see ``compare_backends``)
+TOLERANCES = {"float32": (1e-4, 1e-3), "float16": (1e-2, 1e-2), "bfloat16": (2e-2, 2e-2)}
 
 
-def compare_backends(args, make_engine: Callable[[str], object]) -> Table:
-    """Every graph (or --graphs) of an artifact on each backend vs the first, with polygraphy's Comparator."""
+def compare_backends(args, make_engine: Callable[[str], object]) -> tuple[Table, bool]:
+    """Every graph (or --graphs) of an artifact (either family) on each backend vs the first, with
+    polygraphy's Comparator, on the same random feeds (prompt-like text inputs for Infinity).
+
+    A quantized artifact (int8, int8-cpu, fp8) is measured, not judged: its graphs differ from the
+    fp32 torch reference by what the recipe costs, which random feeds do not bound (the export's
+    validation records the same measure; fidelity on real generations is tools/bench_quantized.py's).
+    Its rows say ``measured`` and only NaN/Inf fails them. Returns the table and whether every row
+    passed (``varrt compare`` exits 1 otherwise, so that a script can rely on it)."""
     from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
-    from varrt.engines.compare import polygraphy_runner, random_feeds
+    from varrt.engines.compare import polygraphy_runner, random_feeds, text_vocab
 
     m = read_manifest(args.artifact)
     names = args.graphs.split(",") if args.graphs else [g.name for g in m.graphs]
@@ -263,28 +324,48 @@ def compare_backends(args, make_engine: Callable[[str], object]) -> Table:
     backends = args.backends.split(",")
     if len(backends) < 2:
         raise ValueError("--backends needs a reference and at least one other backend, e.g. torch,ort")
+    tolerance = None if m.precision in QUANTIZED else TOLERANCES[m.precision]
     engines = {b: make_engine(b) for b in backends}
-    atol, rtol = TOLERANCES[m.precision]
+    if m.family == "infinity":  # positions are (level, row, col): no token count, no classes
+        tokens, classes, vocab = m.infinity_schedule.total_tokens, 0, text_vocab(engines.values())
+    else:
+        tokens, classes, vocab = m.var.schedule.total_tokens, m.var.num_classes, None
     G_LOGGER.module_severity = G_LOGGER.ERROR
     rows = []
     ok_all = True
     for graph in graphs:
-        feeds = random_feeds(graph, m.var.schedule.total_tokens, m.var.num_classes, args.seed)
+        feeds = random_feeds(graph, tokens, classes, args.seed, vocab)
         loader = [{k: v.numpy() for k, v in feeds.items()}]
         runners = [polygraphy_runner(engines[b], graph) for b in backends]
         results = Comparator.run(runners, data_loader=loader)
         for other in backends[1:]:
-            acc = Comparator.compare_accuracy(
-                results,
-                compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="max"),
-                comparisons=[(0, backends.index(other))],
-            )
             ref, got = results[0][1][0], results[backends.index(other)][1][0]
+            finite = all(np.isfinite(ref[k]).all() and np.isfinite(got[k]).all() for k in ref)
             worst = max(float(abs(ref[k] - got[k]).max() / max(abs(ref[k]).max(), 1e-12)) for k in ref)
-            ok_all &= bool(acc)
-            rows.append([graph.name, f"{backends[0]} vs {other}", "pass" if acc else "FAIL", f"{worst:.2e}"])
-    title = (
-        f"{args.artifact} ({m.precision}): polygraphy SimpleCompareFunc(atol={atol}, rtol={rtol}, "
-        f"check_error_stat=max) — {'all pass' if ok_all else 'FAILURES'}"
-    )
-    return table(title, ["graph", "backends", "result", "max |diff| / max |ref|"], rows)
+            if tolerance is None:
+                ok = finite
+                result = "measured" if ok else "FAIL (NaN/Inf)"
+            else:
+                atol, rtol = tolerance
+                ok = finite and bool(
+                    Comparator.compare_accuracy(
+                        results,
+                        compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="max"),
+                        comparisons=[(0, backends.index(other))],
+                    )
+                )
+                result = "pass" if ok else "FAIL"
+            ok_all &= ok
+            rows.append([graph.name, f"{backends[0]} vs {other}", result, f"{worst:.2e}"])
+    if tolerance is None:
+        title = (
+            f"{args.artifact} ({m.precision}, quantized): error vs {backends[0]} measured, no tolerance (fidelity "
+            f"on real generations: tools/bench_quantized.py) — {'no NaN/Inf' if ok_all else 'FAILURES'}"
+        )
+    else:
+        atol, rtol = tolerance
+        title = (
+            f"{args.artifact} ({m.precision}): polygraphy SimpleCompareFunc(atol={atol}, rtol={rtol}, "
+            f"check_error_stat=max) — {'all pass' if ok_all else 'FAILURES'}"
+        )
+    return table(title, ["graph", "backends", "result", "max |diff| / max |ref|"], rows), ok_all

@@ -48,12 +48,25 @@ def nearest_fill(kept: Tensor, grid: int | Grid) -> Tensor:
     return d.argmin(dim=2)
 
 
-def high_pass(tokens: Tensor, grid: int | Grid) -> Tensor:
-    """Texture score: || x - blur3x3(x) || per token of a (b, h*w, C) map (replicate padding)."""
+#: StepVAR's high-pass filters on the token map (3x3, replicate padding): ``box`` = x - the 3x3 mean,
+#: ``laplacian`` = the 4-neighbour Laplacian
+HIGH_PASS_FILTERS = ("box", "laplacian")
+
+
+def high_pass(tokens: Tensor, grid: int | Grid, kind: str = "box") -> Tensor:
+    """Texture score: || high-pass(x) || over channels per token of a (b, h*w, C) map."""
     b, n, c = tokens.shape
     maps = tokens.transpose(1, 2).reshape(b, c, *as_grid(grid))
-    blur = F.avg_pool2d(F.pad(maps, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return (maps - blur).square().sum(1).sqrt().reshape(b, n)
+    padded = F.pad(maps, (1, 1, 1, 1), mode="replicate")
+    if kind == "box":
+        response = maps - F.avg_pool2d(padded, 3, stride=1)
+    elif kind == "laplacian":
+        up, down = padded[:, :, :-2, 1:-1], padded[:, :, 2:, 1:-1]
+        left, right = padded[:, :, 1:-1, :-2], padded[:, :, 1:-1, 2:]
+        response = up + down + left + right - 4 * maps
+    else:
+        raise ValueError(f"unknown high-pass filter {kind!r}; known: {HIGH_PASS_FILTERS}")
+    return response.square().sum(1).sqrt().reshape(b, n)
 
 
 def upsample_tokens(t: Tensor, grid_from: int | Grid, grid_to: int | Grid) -> Tensor:
@@ -114,18 +127,16 @@ def high_frequency_ratio(images: Tensor, freq_ratio: float = 0.4) -> Tensor:
     return (amp * mask).sum((-2, -1)) / (amp.sum((-2, -1)) + 1e-6)
 
 
-def logistic_argmax(
-    features: Tensor,
-    mean: list[float],
-    scale: list[float],
-    coef: list[list[float]],
-    intercept: list[float],
-    classes: list[int],
-) -> Tensor:
-    """A fitted StandardScaler + multinomial logistic regression: (B, F) -> predicted class (B,)."""
-    z = (features - torch.tensor(mean)) / torch.tensor(scale)
-    scores = z @ torch.tensor(coef).T + torch.tensor(intercept)
-    return torch.tensor(classes)[scores.argmax(dim=1)]
+def logistic_argmax(features: Tensor, model: dict) -> Tensor:
+    """A fitted StandardScaler + multinomial logistic regression: (B, F) -> predicted class (B,),
+    sklearn's ``predict``: classes[argmax(((x - mean) / scale) coef^T + intercept)], ties to the
+    first class. In float64, as sklearn computes it: the published coefficients are float64 and a
+    float32 evaluation could move a point that lies on a class boundary. ``model`` holds ``mean``,
+    ``scale``, ``coef``, ``intercept``, ``classes`` (other keys, e.g. provenance, are ignored)."""
+    as64 = lambda key: torch.tensor(model[key], dtype=torch.float64)  # noqa: E731
+    z = (features.detach().double().cpu() - as64("mean")) / as64("scale")
+    scores = z @ as64("coef").T + as64("intercept")
+    return torch.tensor(model["classes"])[scores.argmax(dim=1)]
 
 
 def keep_count(tokens: int, keep: float) -> int:
@@ -134,22 +145,41 @@ def keep_count(tokens: int, keep: float) -> int:
 
 
 # ------------------------------------------------------------------------------------ LD-Pruning
-def latent_discrepancy(f_now: Tensor, f_before: Tensor, grid: int | Grid) -> Tensor:
-    """Per position of an h x w grid: || f_now - f_before || over channels, area-averaged —
-    how much the last scale changed the accumulated latent there (no decoder involved)."""
+#: LD-Pruning's latent discrepancy per position: the L2 or L1 norm of the change over channels
+LATENT_MEASURES = ("l2", "l1")
+#: LD-Pruning's discrepancy between the branches' token distributions: total variation or Jensen-Shannon
+BRANCH_MEASURES = ("tv", "js")
+
+
+def latent_discrepancy(f_now: Tensor, f_before: Tensor, grid: int | Grid, norm: str = "l2") -> Tensor:
+    """Per position of an h x w grid: || f_now - f_before || over channels (``norm`` l2 or l1),
+    area-averaged — how much the last scale changed the accumulated latent there (no decoder)."""
     d = F.interpolate((f_now - f_before).float(), size=as_grid(grid), mode="area")
-    return d.square().sum(1).sqrt().flatten(1)
+    if norm == "l2":
+        return d.square().sum(1).sqrt().flatten(1)
+    if norm == "l1":
+        return d.abs().sum(1).flatten(1)
+    raise ValueError(f"unknown latent discrepancy norm {norm!r}; known: {LATENT_MEASURES}")
 
 
-def branch_discrepancy(cond_logits: Tensor, uncond_logits: Tensor) -> Tensor:
-    """Per sample: mean total-variation distance between the conditional and unconditional token
-    distributions of a scale ((b, m, V) logits each)."""
-    return 0.5 * (cond_logits.float().softmax(-1) - uncond_logits.float().softmax(-1)).abs().sum(-1).mean(-1)
+def branch_discrepancy(cond_logits: Tensor, uncond_logits: Tensor, measure: str = "tv") -> Tensor:
+    """Per sample: the mean over tokens of the total-variation distance (``tv``) or Jensen-Shannon
+    divergence (``js``, nats) between the conditional and unconditional token distributions of a
+    scale ((b, m, V) logits each)."""
+    p, q = cond_logits.float().softmax(-1), uncond_logits.float().softmax(-1)
+    if measure == "tv":
+        return 0.5 * (p - q).abs().sum(-1).mean(-1)
+    if measure == "js":
+        m = 0.5 * (p + q)
+        kl = lambda a: (a * (a.clamp_min(1e-30).log() - m.clamp_min(1e-30).log())).sum(-1)  # noqa: E731
+        return (0.5 * kl(p) + 0.5 * kl(q)).mean(-1)
+    raise ValueError(f"unknown branch discrepancy {measure!r}; known: {BRANCH_MEASURES}")
 
 
 # ------------------------------------------------------------------------------------ StageVAR
 def seeded_subset(b: int, n_total: int, n: int, seed: int, si: int) -> Tensor:
     """(b, n) ascending random positions: the column-sampling form of a seeded random projection,
-    reproducible from (seed, scale)."""
+    a function of (seed, scale) alone. Every sample of a batch gets the same subset (one projection,
+    as a projection matrix would be), so that a sample's image does not depend on its batch."""
     g = torch.Generator().manual_seed(seed * 1000 + si)
-    return torch.stack([torch.randperm(n_total, generator=g)[:n].sort().values for _ in range(b)])
+    return torch.randperm(n_total, generator=g)[:n].sort().values.repeat(b, 1)

@@ -11,6 +11,7 @@ from varrt.engines.torch_engine import TorchEngine
 from varrt.export.configs import var_config
 from varrt.runtime.evaluate import evaluate
 from varrt.runtime.fidelity import PSNR_CAP, image_metrics, summarize
+from varrt.runtime.pipeline import Pipeline
 from varrt.runtime.policies import make_policy
 from varrt.runtime.policies.skipvar import SkipVarPolicy, fit_selector, strategy_labels
 from varrt.runtime.sampling import SamplingConfig
@@ -38,7 +39,7 @@ def test_summary_worst_five_percent():
 def test_eval_full_against_itself_is_perfect():
     engine = TorchEngine(tiny_var(2, patch_nums=(1, 2, 3, 4, 6, 8)), tiny_vqvae(patch_nums=(1, 2, 3, 4, 6, 8)))
     full = make_policy("full", engine.var_config)
-    report = evaluate(engine, [full], [1, 2], [0, 1], SamplingConfig(cfg=2, top_k=0, top_p=0.9))
+    report = evaluate(Pipeline(engine), [full], [1, 2], [0, 1], SamplingConfig(cfg=2, top_k=0, top_p=0.9))
     assert report["full"]["ssim"]["mean"] == pytest.approx(1.0) and report["full"]["psnr"]["min"] == PSNR_CAP
     assert report["full"]["flops_ratio"] == 1.0 and report["full"]["ssim"]["n"] == 4
 

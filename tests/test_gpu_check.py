@@ -13,9 +13,11 @@ from helpers import REPO
 
 def test_gpu_check_dry_run_writes_its_report(tmp_path):
     out = tmp_path / "gpu-check"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    # the CPU is shared: the dry run gets more than the GPU run's 420 s, and every section its turn
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_CHECK_TIMEOUT_S": "1500"}
     args = ["--dry-run", "--precisions", "float32,bfloat16", "--batches", "1", "--timing-precisions", "float32"]
-    args += ["--timing-batches", "1", "--warmup", "0", "--repeat", "1", "--generations", "2"]
+    args += ["--timing-batches", "1", "--warmup", "0", "--repeat", "1", "--generations", "2", "--budget-s", "1400"]
+    args += ["--infinity-policies", "fastvar"]
     proc = subprocess.run(
         ["bash", str(REPO / "tools" / "gpu_check.sh"), *args], cwd=REPO, env=env, capture_output=True, text=True
     )
@@ -32,5 +34,14 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
     assert len(timing["torch"]["scales_ms"]) == len(timing["torch-graph"]["scales_ms"]) == 4
     assert timing["torch"]["total_ms"]["n"] == 1 and timing["speedup_total"] > 0
     assert "TensorRT is not importable" in r["tensorrt"]["skipped"] or "error" not in r["tensorrt"]
+    # Infinity: the tiny model, every policy asked for, with and without a negative prompt
+    cases = {(c["precision"], c["policy"], c["negative_prompt"]) for c in r["infinity_parity"]}
+    assert cases == {("bfloat16", "fastvar", n) for n in (False, True)}
+    assert all(c[run]["identical"] and not c["pile_up"] for c in r["infinity_parity"] for run in ("first", "replay"))
+    (inf,) = r["infinity_timings"]
+    assert len(inf["torch"]["scales_ms"]) == len(inf["torch-graph"]["scales_ms"]) == 7
+    assert inf["torch"]["total_ms"]["n"] == 1 and inf["speedup_total"] > 0
+    assert inf["torch-graph memory"]["buffers_bytes"] > 0  # the KV came from the engine's persistent buffers
     text = (out / "summary.md").read_text()
     assert "DRY RUN on the CPU" in text and "random weights" in text and "| float32 | 1 | off-late |" in text
+    assert "## Infinity (tiny" in text and "| bfloat16 | fastvar | yes | identical | identical | False |" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import INFINITY_POLICIES, INFINITY_SKIPVAR
+from conftest import INFINITY_POLICIES, INFINITY_SKIPVAR, INFINITY_TOPROVAR
 
 from helpers import TINY_SCHEDULE, tiny_bsq_vae, tiny_infinity
 from varrt.engines.ort_engine import OrtEngine
@@ -139,6 +139,15 @@ def test_published_fastvar_settings_on_infinity_2b(h_div_w):
         assert budgets == [sched.tokens(9) - int(0.4 * sched.tokens(9)), sched.tokens(10) - sched.tokens(10) // 2]
 
 
+def test_fastvar_prunes_the_released_block_band_at_every_depth():
+    """The released code prunes range(3, 28) whatever the depth: Infinity-8B gets 3-27 of 40 (not
+    the depth-scaled [4, 35)), a shallower model the part of it that exists; `blocks=` overrides."""
+    sched = InfinitySchedule.for_ratio(1.0, "1M")
+    blocks = lambda spec, depth: make_infinity_policy(spec, sched, depth).plans[0].fastvar_blocks  # noqa: E731
+    assert [blocks("fastvar", d) for d in (40, 32, 16, 4, 2)] == [(3, 28), (3, 28), (3, 16), (3, 4), (1, 2)]
+    assert blocks("fastvar:blocks=4-35", 40) == (4, 35)
+
+
 def test_every_policy_builds_on_every_template():
     """The VAR policies read (h, w) grids: each one plans on every aspect-ratio template."""
     from varrt.export.infinity_config import TEMPLATES
@@ -180,10 +189,16 @@ def test_policies_run_their_own_graphs(torch_engine, tiny_infinity_models):
     assert "_n36_k22_" in fast[3] and "_n64_k32_" in fast[4]
     step = steps("stepvar")  # the last two scales keep half their tokens
     assert "_n72_m144_" in step[5] and "_n128_m256_" in step[6]
-    topro = steps("toprovar:skip=1")
-    assert topro[4].startswith("infinity_transformer_probe") and topro[5].startswith("infinity_transformer_layers")
-    stage = steps("stagevar")  # conditional-only rows from scale 5
-    assert stage[4].startswith("infinity_transformer_r4_") and stage[5].startswith("infinity_transformer_r2_")
+    topro = steps(INFINITY_TOPROVAR)  # from scale 5 (the cut-off) the ToProVAR graph: a count per later block
+    assert topro[4].startswith("infinity_transformer_r4_")
+    assert topro[5].startswith("infinity_transformer_toprovar_e0_r4_n144_k65-83-29_")
+    assert topro[6].startswith("infinity_transformer_toprovar_e0_r4_n256_k103-141-26_")
+    # StageVAR: scale 3 hands on its chunk outputs (both branches), scale 4 is low-rank on the
+    # unconditional rows, 5 and 6 do not run
+    stage = steps("stagevar")
+    assert len(stage) == 5 and stage[2].startswith("infinity_transformer_r4_")
+    assert stage[3].startswith("infinity_transformer_chunks_r4_n36_") and stage[3].endswith("_c1_l16")
+    assert stage[4].startswith("infinity_transformer_stagevar_c1_r2_n64_k5-15-15-12_")
 
 
 @pytest.mark.parametrize("spec", [p for p in INFINITY_POLICIES if p not in ("full", INFINITY_SKIPVAR)])
@@ -203,7 +218,7 @@ def test_policies_decide_and_sample_the_same_on_torch_and_ort(
         torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
 
 
-def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_artifact, capsys):
+def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_artifact):
     from varrt.runtime.cli import main
 
     model, vae, te = tiny_infinity_models
@@ -222,9 +237,6 @@ def test_cli_generate_torch_and_ort(tmp_path, tiny_infinity_models, infinity_art
     b = torch.from_numpy(np.array(Image.open(tmp_path / "b" / "000.png"))).int()
     assert (a - b).abs().max() <= 1
     assert main([*common, "--backend", "torch", "--out", str(tmp_path / "c")]) == 2  # no checkpoint: one-line error
-    # `varrt compare` is VAR-only so far: an Infinity artifact gets one line saying so, not a traceback
-    assert main(["compare", str(infinity_artifact), "--backends", "torch,ort"]) == 2
-    assert "covers VAR artifacts" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -256,7 +268,7 @@ def test_plan_show_on_infinity(capsys):
     from varrt.runtime.cli import main
 
     assert main(["plan", "show", "fastvar", "--model", "infinity-2b", "--h-div-w", "0.5"]) == 0
-    out = capsys.readouterr().err  # the console writes to stderr
+    out = capsys.readouterr().out  # results go to stdout
     assert "infinity-2b" in out and "blocks [3, 28)" in out and "skip" in out
     sched = InfinitySchedule.for_ratio(0.5, "1M")
     h, w = sched.grids[9]

@@ -13,6 +13,7 @@ from helpers import tiny_var, tiny_vqvae
 from varrt.engines.ort_engine import OrtEngine
 from varrt.engines.torch_engine import TorchEngine
 from varrt.export.configs import var_config
+from varrt.export.graphs import transformer_spec
 from varrt.export.trt_ops import unsupported_ops
 from varrt.export.var import Conditioning
 from varrt.runtime.flops import plan_flops
@@ -177,6 +178,29 @@ def test_cfg_off_reads_the_conditional_half_without_a_copy(plan_file, tiny_model
     assert steps[8]["x"][1][1] == 85 and steps[9]["x"][1][1] == 128  # the budgets are what the engine computes
 
 
+def test_the_unconditional_branch_reads_the_second_half_of_the_cache_and_the_null_class(tiny_models):
+    """StageVAR's cfg-0 scales: rows B..2B-1 of the cache (a contiguous view at the same buffer), the
+    null class's conditioning, and its logits sampled as they are."""
+
+    class FeedSpy(SpyEngine):
+        def run(self, graph, feeds):
+            self.calls.append((graph, dict(feeds)))
+            return self.inner.run(graph, feeds)
+
+    var = tiny_models[0]
+    for branch, labels in (("uncond", [var.cfg.null_class] * 2), ("cond", [1, 2])):
+        spy = FeedSpy(TorchEngine(*tiny_models))
+        generate(spy, [1, 2], seed=0, policy=make_policy(f"stagevar:branch={branch}", spy.var_config))
+        steps = [(g, f) for g, f in spy.calls if g.component.startswith("transformer")]
+        (_, first), (late_graph, late) = steps[0], steps[-1]
+        assert late_graph.component == "transformer_stagevar" and late["kv"].shape[0] == 2
+        half = first["kv"][2:] if branch == "uncond" else first["kv"][:2]
+        assert late["kv"].is_contiguous() and late["kv"].data_ptr() == half.data_ptr()
+        branch_cond = var.condition(torch.tensor(labels))
+        torch.testing.assert_close(late["ada"], branch_cond.ada)
+        torch.testing.assert_close(late["head_ada"], branch_cond.head_ada)
+
+
 def test_budget_plan_keeps_the_map_dense(plan_file, tiny_models):
     g = generate(TorchEngine(*tiny_models), [1, 2], seed=0, policy=make_policy(str(plan_file), tiny_models[0].cfg))
     assert all(i is not None and (i >= 0).all() for i in g.indices)
@@ -207,36 +231,83 @@ def test_fastvar_step_without_pruning_is_the_dense_step():
         "fastvar",
         "skipvar",
         "plan-file",
+        "layer-plan-file",
         "ld-pruning",
         "stepvar",
-        "toprovar:skip=1",
-        "stagevar",
+        "toprovar",
+        "stagevar:branch=uncond",
+        "stagevar:branch=cond",
+        "stagevar:skip=1,lowrank=7",
         "skipvar+stepvar",
     ],
 )
-def test_policies_decide_and_sample_the_same_on_torch_and_ort(spec, policy_artifact, tiny_models, plan_file):
-    spec = str(plan_file) if spec == "plan-file" else spec
+def test_policies_decide_and_sample_the_same_on_torch_and_ort(
+    spec, policy_artifact, tiny_models, plan_file, layer_plan_file
+):
+    spec = {"plan-file": str(plan_file), "layer-plan-file": str(layer_plan_file)}.get(spec, spec)
     policy = make_policy(spec, tiny_models[0].cfg)
     sampling = SamplingConfig(cfg=4, top_k=900, top_p=0.95)
     ort_engine = OrtEngine(policy_artifact)
     for seed in (0, 1):
         ref = generate(
             TorchEngine(*tiny_models),
-            [7, 300],
+            [7, 300, 11],
             seed=seed,
             sampling=sampling,
             policy=policy,
             capacity=ort_engine.kv_capacity,
         )
-        got = generate(ort_engine, [7, 300], seed=seed, sampling=sampling, policy=policy)
+        got = generate(ort_engine, [7, 300, 11], seed=seed, sampling=sampling, policy=policy)
         assert ref.plans == got.plans and ref.decisions == got.decisions
         for si, (a, b) in enumerate(zip(ref.indices, got.indices)):
             assert (a is None and b is None) or torch.equal(a, b), f"{spec}, seed {seed}, scale {si}"
 
 
+def test_bucketed_groups_sample_the_same_tokens(policy_artifact, tiny_models):
+    """SkipVAR splits a batch of 3 into 2 + 1, and the export holds the group sizes 1 and 3 only:
+    ONNX Runtime's symbolic sessions run the pair 2 wide anyway (OrtEngine.has_graph), or padded to
+    3 when asked (a copy of its last sample, whose results are dropped: TensorRT's way, which runs
+    only the exported shapes); torch runs it exactly or padded. All four draw the same tokens."""
+    cfg = tiny_models[0].cfg
+    policy = make_policy("skipvar", cfg)
+    policy.decide = lambda features: torch.tensor([4, 0, 4])  # samples 0 and 2: uncond1; sample 1: base
+    ort_engine = OrtEngine(policy_artifact)
+    after = policy.plans[4].step_shape(policy.split_from, cfg.schedule, 2, ort_engine.kv_capacity)
+    pair = transformer_spec(cfg, after)
+    assert pair.name not in {g.name for g in ort_engine.manifest.graphs}  # no exported shape for a group of 2
+    assert ort_engine.has_graph(pair)  # but the session of its component runs it
+    sampling = SamplingConfig(cfg=4, top_k=900, top_p=0.95)
+    torch_engine = SpyEngine(TorchEngine(*tiny_models))
+    run = {"sampling": sampling, "policy": policy, "seed": 0}
+    runs = {
+        "torch": generate(torch_engine, [7, 300, 11], capacity=680, **run),
+        "ort": generate(ort_engine, [7, 300, 11], **run),
+        "ort padded": generate(ort_engine, [7, 300, 11], pad_groups=True, **run),
+    }
+    exact = [g.name for g, _ in torch_engine.calls]
+    torch_engine.calls.clear()
+    runs["torch padded"] = generate(torch_engine, [7, 300, 11], capacity=680, pad_groups=True, **run)
+    padded = [g.name for g, _ in torch_engine.calls]
+    assert pair.name in exact and pair.name not in padded
+    assert len(exact) == len(padded) and exact != padded  # the same calls, the pair's at 3 wide
+    widths = {name: {w for scale in got.groups for _, n, w in scale if n == 2} for name, got in runs.items()}
+    assert widths == {"torch": {2}, "ort": {2}, "ort padded": {3}, "torch padded": {3}}, widths
+    ref = runs["torch"]
+    assert ref.plans == ["skipvar-uncond1", "skipvar-base", "skipvar-uncond1"]
+    for name, got in runs.items():
+        assert got.plans == ref.plans and got.decisions == ref.decisions, name
+        for si, (a, b) in enumerate(zip(ref.indices, got.indices)):
+            assert torch.equal(a, b), f"{name}, scale {si}"
+        assert (got.images - ref.images).abs().max() <= 1e-3, name
+
+
 def test_every_policy_graph_passes_the_tensorrt_op_check(policy_artifact):
+    """Every component graph (the static shapes are specialisations of them, checked at export)."""
+    from varrt.export.artifact import read_manifest
+
     files = list(policy_artifact.glob("*.onnx"))
-    assert any("fastvar" in f.name for f in files) and any("_s5" in f.name for f in files)
+    assert any("fastvar" in f.name for f in files)
+    assert any("_s5" in g.name for g in read_manifest(policy_artifact).graphs)  # SkipVAR's small decode
     for f in files:
         assert unsupported_ops(onnx.load(str(f), load_external_data=False)) == [], f.name
 
@@ -254,7 +325,7 @@ def test_fastvar_parity_feeds_rank_tokens_far_apart():
     from varrt.export.graphs import FastVarShape, fastvar_spec, graph_module
 
     var, _ = random_models("var-d16")
-    spec = fastvar_spec(var.cfg, FastVarShape(2, 256, 64, 680, (2, 14)))
+    spec = fastvar_spec(var.cfg, FastVarShape(2, 256, 64, 680, (2, 14), past=424))
     feeds = random_feeds(spec, 680, var.cfg.num_classes, seed=0)
     module = graph_module("transformer_fastvar", var, None, (2, 14))
     names = [t.name for t in spec.inputs]
@@ -273,7 +344,7 @@ def test_a_group_split_carries_every_field_of_its_samples():
     """Splitting a batch between plans (SkipVAR, LD-Pruning) keeps each sample's rows of every field."""
     import dataclasses
 
-    from varrt.runtime.generate import Group
+    from varrt.runtime.groups import Group
 
     b, g = 3, torch.Generator().manual_seed(0)
     rows = lambda *shape: torch.randn(2 * b, *shape, generator=g)  # noqa: E731
@@ -289,15 +360,44 @@ def test_a_group_split_carries_every_field_of_its_samples():
         entropy=rows(2, 4),
         entropy_grid=(2, 2),
         deltas=rows(2, 2, 4, 8),
+        chunks=rows(2, 4, 8),
     )
     local = torch.tensor([0, 2])
     part = group.subset(local, plan_idx=3)
     picked = torch.tensor([0, 2, 3, 5])  # conditional rows, then the same samples' unconditional rows
     for f in dataclasses.fields(Group):
         old, new = getattr(group, f.name), getattr(part, f.name)
-        if f.name in ("kv", "hidden", "logits", "entropy", "deltas"):
+        if f.name in ("kv", "hidden", "logits", "entropy", "deltas", "chunks"):
             assert torch.equal(new, old[picked]), f.name
     assert (part.plan_idx, part.slot, part.entropy_grid, part.cfg_on) == (3, 4, (2, 2), True)
     assert torch.equal(part.samples, local) and torch.equal(part.cond["sos"], group.cond["sos"][picked])
-    part.drop_uncond()
+    uncond = group.subset(local, plan_idx=3)
+    part.keep_branch("cond")
     assert part.kv.shape[0] == part.deltas.shape[0] == part.entropy.shape[0] == 2
+    uncond.keep_branch("uncond")  # the unconditional rows: the second half, a view
+    assert torch.equal(uncond.kv, group.kv[picked[2:]]) and torch.equal(uncond.chunks, group.chunks[picked[2:]])
+    assert uncond.kv.data_ptr() == uncond.kv._base.data_ptr() + 2 * uncond.kv[0].numel() * uncond.kv.element_size()
+
+
+def test_a_padded_group_holds_copies_of_its_last_sample_and_hands_out_only_real_rows():
+    """A group split off at a bucketed width: buffer rows padded with its last sample, per-row
+    results (hidden, logits, ...) of its real samples only."""
+    from varrt.runtime.groups import Group
+
+    b, g = 3, torch.Generator().manual_seed(0)
+    rows = lambda *shape: torch.randn(2 * b, *shape, generator=g)  # noqa: E731
+    group = Group(torch.arange(b), 0, rows(2, 2, 2, 5, 4), torch.zeros(2, 5), {"sos": rows(8)}, hidden=rows(4, 8))
+    part = group.subset(torch.tensor([0, 2]), plan_idx=1, width=4)
+    assert (part.b, part.pad, part.width) == (2, 2, 4)
+    held = torch.tensor([0, 2, 2, 2, 3, 5, 5, 5])  # samples 0, 2 and two copies of 2, in each CFG half
+    assert torch.equal(part.kv, group.kv[held]) and torch.equal(part.cond["sos"], group.cond["sos"][held])
+    assert torch.equal(part.hidden, group.hidden[torch.tensor([0, 2, 3, 5])])
+    out = torch.arange(8.0).view(8, 1)  # a call's output rows
+    assert part.real_rows(out).view(-1).tolist() == [0, 1, 4, 5]
+    assert torch.equal(part.pad_rows(part.real_rows(out)), torch.tensor([0, 1, 1, 1, 4, 5, 5, 5.0]).view(8, 1))
+    assert part.rows(torch.tensor([7, 9])).tolist() == [7, 9, 9, 9, 7, 9, 9, 9]
+    part.keep_branch("cond")
+    assert part.kv.shape[0] == 4 and part.hidden.shape[0] == 2 and part.real_rows(out[:4]).view(-1).tolist() == [0, 1]
+    other = group.subset(torch.tensor([0, 2]), plan_idx=1, width=4)
+    other.keep_branch("uncond")  # the unconditional rows of the padded buffer, the real rows' results
+    assert torch.equal(other.kv, group.kv[held[4:]]) and torch.equal(other.hidden, group.hidden[torch.tensor([3, 5])])

@@ -106,19 +106,6 @@ def test_random_projection_is_reproducible_by_seed():
     assert (a.diff(dim=1) > 0).all()
 
 
-def test_toprovar_probe_returns_entropy_that_the_selection_uses(tiny_models):
-    from varrt.engines.torch_engine import TorchEngine
-    from varrt.runtime.generate import generate
-
-    policy = make_policy("toprovar", CFG)
-    plan = policy.plans[0]
-    # pruned fraction alpha_min + (alpha_max - alpha_min) * s / (SN - 1), kept count N - floor(pruned * N)
-    expected = [n - math.floor((0.3 + 0.3 * si / 9) * n) for si, n in ((8, 169), (9, 256))]
-    assert plan.probe_scale == 7 and [s.budget for s in plan.scales[-2:]] == expected
-    g = generate(TorchEngine(*tiny_models), [3], seed=0, policy=policy)
-    assert all(i is not None and (i >= 0).all() for i in g.indices)
-
-
 def test_composition_is_data():
     policy = make_policy("skipvar+stepvar", CFG)
     assert len(policy.plans) == 7 and policy.split_from == make_policy("skipvar", CFG).split_from
@@ -127,18 +114,22 @@ def test_composition_is_data():
     assert not skip3.scales[9].run and skip3.scales[6].budget is None
     with pytest.raises(PlanError, match="both make run-time decisions"):
         make_policy("skipvar+ld-pruning", CFG)
-    with pytest.raises(PlanError, match="does not compose"):
+    with pytest.raises(PlanError, match="FastVAR prunes inside its own graph"):
         make_policy("fastvar+stepvar", CFG)
+    with pytest.raises(PlanError, match="ToProVAR prunes inside its own graph"):
+        make_policy("stepvar+toprovar", CFG)
 
 
-def test_stagevar_runs_the_conditional_branch_in_the_late_stage():
-    plan = make_policy("stagevar", CFG).plans[0]
-    assert [s.cfg for s in plan.scales] == ["both"] * 7 + ["cond"] * 3
-    assert [s.budget for s in plan.scales[-3:]] == [60, 85, 103]
+def test_stagevar_runs_one_branch_in_the_last_two_scales_and_the_last_low_rank():
+    for branch in ("cond", "uncond"):
+        plan = make_policy(f"stagevar:branch={branch}", CFG).plans[0]
+        assert [s.cfg for s in plan.scales] == ["both"] * 8 + [branch] * 2
+        assert [s.ranks is not None for s in plan.scales] == [False] * 9 + [True]
+        assert [s.budget for s in plan.scales] == [None] * 10
 
 
 @pytest.mark.parametrize(
-    "spec", ["fastvar", "toprovar", "toprovar:skip=1", "stagevar", "ld-pruning", "skipvar+stepvar"]
+    "spec", ["fastvar", "toprovar", "toprovar:layer_score=0.5/2", "stagevar", "ld-pruning", "skipvar+stepvar"]
 )
 def test_every_policy_plan_survives_a_file_roundtrip(spec, tmp_path):
     import json
@@ -153,6 +144,7 @@ def test_every_policy_plan_survives_a_file_roundtrip(spec, tmp_path):
 
 def test_a_skipped_block_passes_its_tokens_through_and_only_adds_keys_and_values(tiny_models):
     from varrt.export.graphs import StepShape, graph_module, transformer_spec
+    from varrt.export.var import Past
 
     var = tiny_models[0]
     torch.manual_seed(0)
@@ -166,11 +158,10 @@ def test_a_skipped_block_passes_its_tokens_through_and_only_adds_keys_and_values
         logits, new_kv, hidden = var.step(x, pos, cond, kv, bias, *fill, layers=(0,))
         # by hand: block 0 as usual, block 1 untouched except for its keys and values
         h = var.embed(x, pos, cond.sos)
-        full_bias = torch.cat((bias, torch.zeros(n)))
-        h, k0, v0 = var.blocks[0](h, cond.ada[:, 0], full_bias, kv[:, 0, 0], kv[:, 0, 1])
+        h, k0, v0 = var.blocks[0](h, cond.ada[:, 0], None, Past(kv[:, 0, 0], kv[:, 0, 1], bias))
         k1, v1 = var.blocks[1].keys_values(h, cond.ada[:, 1])
         graph = graph_module("transformer_layers", var, None, (0,))
-        spec = transformer_spec(CFG, StepShape(2, n, n, t, layers=(0,)))
+        spec = transformer_spec(CFG, StepShape(2, n, n, t, layers=(0,), past=t))
         via_graph = graph(x, pos, cond.sos, cond.ada, cond.head_ada, kv, bias, *fill)
     torch.testing.assert_close(hidden, h)
     torch.testing.assert_close(logits, var.logits(h, cond.head_ada))
@@ -179,18 +170,85 @@ def test_a_skipped_block_passes_its_tokens_through_and_only_adds_keys_and_values
     torch.testing.assert_close(via_graph[0], logits)
 
 
-def test_toprovar_layer_dimension_plans_and_flops():
-    from varrt.runtime.flops import plan_flops
+# ------------------------------------------------------------------------------------------ LD-Pruning / StepVAR knobs
+def test_start_and_keep_name_the_pruned_scales():
+    budgets = lambda spec: [s.budget for s in make_policy(spec, CFG).plans[0].scales]  # noqa: E731
+    n = [CFG.schedule.tokens(si) for si in range(10)]
+    assert budgets("stepvar:start=7,keep=0.5") == [None] * 7 + [n[7] - n[7] // 2, n[8] - n[8] // 2, n[9] // 2]
+    assert budgets("stepvar:keep=0.5/0.5") == budgets("stepvar:start=8,keep=0.5")
+    assert budgets("ld-pruning:start=8,keep=0.7/0.4") == budgets("ld-pruning:keep=0.7/0.4")
+    with pytest.raises(PlanError, match="keep has 2 fractions for the 3 scales from start 7"):
+        make_policy("stepvar:start=7,keep=0.5/0.5", CFG)
+    with pytest.raises(PlanError, match="start must be a scale in 1..9"):
+        make_policy("ld-pruning:start=10", CFG)
 
-    plain, skipping = make_policy("toprovar", CFG).plans[0], make_policy("toprovar:skip=1", CFG).plans[0]
-    assert [s.layers for s in skipping.scales] == [None] * 8 + [(0,), (0,)]
-    f_plain, f_skip = plan_flops(CFG, plain), plan_flops(CFG, skipping)
-    assert f_skip[:8] == f_plain[:8] and all(a.total < b.total for a, b in zip(f_skip[8:], f_plain[8:]))
-    with pytest.raises(PlanError, match="some \\(not all\\)"):
-        make_policy("toprovar:skip=0/1", CFG)
-    with pytest.raises(PlanError, match="different layer sets"):
-        from dataclasses import replace
 
-        scales = list(skipping.scales)
-        scales[9] = replace(scales[9], layers=(1,))
-        replace(skipping, scales=tuple(scales)).validate(CFG.schedule, CFG.depth)
+def test_a_batch_of_10_split_by_skipvar_needs_4_group_sizes_per_scale_not_10():
+    """Bucketed group sizes: after SkipVAR's decision a batch of 10 runs at widths 10, 5, 2, 1
+    (padded), so each (scale, budget, CFG mode) has 4 shapes instead of one per size 1..10."""
+    from collections import defaultdict
+
+    from varrt.runtime.plan import group_bucket, group_sizes, step_shapes
+
+    assert group_sizes(10) == (1, 2, 5, 10) and group_sizes(16) == (1, 2, 4, 8, 16) and group_sizes(1) == (1,)
+    assert [group_bucket(s, 10) for s in range(1, 11)] == [1, 2, 5, 5, 5, 10, 10, 10, 10, 10]
+    with pytest.raises(PlanError, match="does not fit"):
+        group_bucket(11, 10)
+    policy = make_policy("skipvar", CFG)
+    sched = CFG.schedule
+
+    def per_scale(sizes):
+        shapes = defaultdict(set)  # (scale, budget, rows per sample) -> rows
+        for plan in policy.plans:
+            for si in plan.run_scales():
+                if si < policy.split_from:
+                    continue
+                for b in sizes:
+                    shape = plan.step_shape(si, sched, b, 680)
+                    shapes[si, shape.tokens, shape.rows // b].add(shape.rows)
+        return {k: len(v) for k, v in shapes.items()}
+
+    assert set(per_scale(group_sizes(10)).values()) == {4}
+    assert set(per_scale(range(1, 11)).values()) == {10}
+    bucketed = step_shapes(policy.plans, sched, 10, policy.split_from)
+    every = step_shapes(policy.plans, sched, 10, policy.split_from, sizes=range(1, 11))
+    assert set(bucketed) < set(every) and len(every) - len(bucketed) == 3 * (15 - 6)  # 3 scales: 15 -> 6 shapes
+
+
+def test_laplacian_filter_and_l1_and_js_measures():
+    x = torch.zeros(1, 9, 1)
+    x[0, 4, 0] = 1.0  # one bright token in the middle of a 3 x 3 map
+    lap = high_pass(x, 3, "laplacian").view(3, 3)
+    assert lap[1, 1] == 4 and lap[0, 1] == lap[1, 0] == 1 and lap[0, 0] == 0  # -4 at the centre, 1 at its neighbours
+    box = high_pass(x, 3, "box").view(3, 3)
+    assert box[1, 1] == pytest.approx(8 / 9) and box[0, 0] == pytest.approx(1 / 9)  # replicate padding at the corner
+    now = torch.zeros(1, 2, 2, 2)
+    now[0, :, 0, 0] = torch.tensor([3.0, -4.0])
+    assert latent_discrepancy(now, torch.zeros_like(now), 2, "l1")[0, 0] == 7
+    assert latent_discrepancy(now, torch.zeros_like(now), 2, "l2")[0, 0] == 5
+    p, q = torch.tensor([[[0.0, 0.0]]]), torch.tensor([[[math.log(3.0), 0.0]]])  # (1/2, 1/2) vs (3/4, 1/4)
+    m = (0.625, 0.375)
+    kl = lambda a: sum(ai * math.log(ai / mi) for ai, mi in zip(a, m))  # noqa: E731
+    assert branch_discrepancy(p, q, "js").item() == pytest.approx(0.5 * kl((0.5, 0.5)) + 0.5 * kl((0.75, 0.25)))
+    assert branch_discrepancy(p, q, "tv").item() == pytest.approx(0.25)
+    with pytest.raises(PlanError, match="filter one of"):
+        make_policy("stepvar:filter=sobel", CFG)
+    with pytest.raises(PlanError, match="measure must be one of"):
+        make_policy("ld-pruning:measure=l3", CFG)
+
+
+def test_ld_pruning_without_cfg_stopping_has_one_plan():
+    policy = make_policy("ld-pruning:threshold=0,restore=nearest", CFG)
+    assert len(policy.plans) == 1 and policy.split_from is None
+    assert {s.restore for s in policy.plans[0].scales} == {"none", "nearest"}
+    state = SimpleNamespace(f_hat=torch.zeros(1, 1, 1, 1), groups=[], si=6)
+    assert policy.after_scale(state) is None
+    assert policy.options == {
+        "keep": [0.6, 0.5],
+        "start": 8,
+        "measure": "l2",
+        "branch": "tv",
+        "threshold": 0.0,
+        "min_scale": 5,
+        "restore": "nearest",
+    }

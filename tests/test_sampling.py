@@ -64,3 +64,51 @@ def test_determinism_per_seed():
     assert any(not torch.equal(x, y) for x, y in zip(a.indices, c.indices))
     r = generate(engine, None, batch=3, seed=7, sampling=s)
     assert r.labels.shape == (3,) and r.images.shape == (3, 3, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------ knife edges
+def kept(logits: torch.Tensor, sampling: SamplingConfig, t: float) -> torch.Tensor:
+    mixed = cfg_mix(logits, 1, t)
+    return torch.isfinite(filter_top_k_top_p_(mixed, sampling.top_k, sampling.top_p))
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.8), (5, 1.0), (6, 0.9)])
+def test_cut_gaps_say_how_far_a_cut_is_from_tipping(top_k, top_p):
+    """A shift of every logit by less than the gap keeps the filters' choice; a cut whose gap is
+    tiny tips under a shift of some gaps (what batch-position rounding does to a knife-edge draw;
+    top-p's mass margin is a bound, a mass moves less than the logits that move it)."""
+    from varrt.runtime.knife_edge import cut_gaps
+
+    sampling = SamplingConfig(cfg=2.0, top_k=top_k, top_p=top_p)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 64, 32, generator=g) * 2
+    t = 1.5
+    gaps = cut_gaps(logits, sampling, t)
+    assert gaps.shape == (64,) and bool((gaps > 0).all())
+    base = kept(logits, sampling, t)
+    for _ in range(20):  # shifts below each token's gap never change what is kept
+        noise = (torch.rand(logits.shape, generator=g) * 2 - 1) * 0.49 * gaps[None, :, None]
+        assert torch.equal(kept(logits + noise, sampling, t), base)
+    # the narrowest token, nudged across its gap in its guided logits, tips
+    pos = int(gaps.argmin())
+    assert float(gaps[pos]) < 0.05
+    tipped = False
+    for sign in (-1.0, 1.0):
+        for _ in range(200):
+            noise = torch.zeros_like(logits)
+            noise[:, pos] = (torch.rand(2, 32, generator=g) * 2 - 1) * 30 * float(gaps[pos])
+            tipped |= not torch.equal(kept(logits + sign * noise, sampling, t)[0, pos], base[0, pos])
+    assert tipped
+
+
+def test_knife_edge_finds_the_narrowest_cut_of_a_generation(tiny_models):
+    from varrt.engines.torch_engine import TorchEngine
+    from varrt.runtime.knife_edge import ROW_ROUNDING, knife_edge
+    from varrt.runtime.pipeline import Pipeline
+
+    pipe = Pipeline(TorchEngine(*tiny_models))
+    engine = pipe.engine
+    gap, si, pos = knife_edge(pipe, 3, 7)
+    assert pipe.engine is engine  # put back
+    assert 0 <= si < pipe.num_scales and pos >= 0 and 0 < gap < float("inf")
+    assert ROW_ROUNDING < 1e-3

@@ -22,7 +22,8 @@ from varrt.runtime.selectors import distance_to_mean, keep_count, top_tokens
 
 @dataclass(frozen=True)
 class PolicyTarget:
-    """What a policy is built for: the scale schedule (its ``grids``), the block count, the family.
+    """What a policy is built for: the scale schedule (its ``grids``), the block count, the family
+    (and the width, where a published rule reads it: StageVAR's ranks on VAR).
 
     VAR's schedule is fixed by the model; Infinity's by the aspect ratio of the request, so a
     policy is made per (model, schedule) rather than per model config.
@@ -31,10 +32,11 @@ class PolicyTarget:
     schedule: Schedule
     depth: int
     family: str = "var"
+    width: int | None = None
 
     @classmethod
     def of(cls, cfg: VARConfig | PolicyTarget) -> PolicyTarget:
-        return cfg if isinstance(cfg, PolicyTarget) else cls(cfg.schedule, cfg.depth)
+        return cfg if isinstance(cfg, PolicyTarget) else cls(cfg.schedule, cfg.depth, width=cfg.width)
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Policy:
     """Base: one static plan, tokens chosen by distance to the mean token (FastVAR's criterion)."""
 
     name = "policy"
-    #: first scale from which samples may change plan; group sizes 1..B get shapes from here on
+    #: first scale from which samples may change plan; the bucketed group sizes get shapes from here on
     split_from: int | None = None
 
     def __init__(self, plans: tuple[Plan, ...], options: dict | None = None) -> None:
@@ -113,6 +115,30 @@ def late_budgets(
         cfg = "cond" if cond_from is not None and si >= cond_from else "both"
         scales.append(ScalePlan(budget=budget if pruned else None, cfg=cfg, restore=restore if pruned else "none"))
     return Plan(name, tuple(scales), description)
+
+
+def late_keep(schedule: Schedule, opts: dict[str, str], default: str, what: str) -> tuple[float, ...]:
+    """The keep fractions of a policy's pruned scales, from its ``keep`` and ``start`` options:
+    ``keep`` lists one fraction per pruned scale, the last ones of the schedule; with ``start`` the
+    pruned scales are ``start``..SN-1 and ``keep`` gives one fraction for all of them or one each."""
+    keep = fractions(opts.get("keep", default), f"{what} keep")
+    if "start" not in opts:
+        return keep
+    sn = schedule.num_scales
+    try:
+        start = int(opts["start"])
+    except ValueError:
+        raise PlanError(f"{what}: start {opts['start']!r} is not a scale index") from None
+    if not 1 <= start < sn:
+        raise PlanError(f"{what}: start must be a scale in 1..{sn - 1}, got {start}")
+    count = sn - start
+    if len(keep) == 1:
+        return keep * count
+    if len(keep) != count:
+        raise PlanError(
+            f"{what}: keep has {len(keep)} fractions for the {count} scales from start {start}; give 1 or {count}"
+        )
+    return keep
 
 
 def fractions(text: str, what: str) -> tuple[float, ...]:
@@ -204,6 +230,7 @@ __all__ = [
     "check_options",
     "fractions",
     "late_budgets",
+    "late_keep",
     "make_policy",
     "parse_spec",
     "policy_names",

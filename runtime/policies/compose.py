@@ -1,10 +1,11 @@
 """Composition of two policies: ``A+B`` — the plans are merged scale by scale, not written per pair.
 
-Merge rule, per scale: it runs if both run; it is conditional-only if either is; its budget is
+Merge rule, per scale: it runs if both run; it runs one CFG branch if either does (the same one); its budget is
 the smaller one, and the policy that set that budget selects the tokens and names the restoration.
 At most one of the two may make run-time decisions (SkipVAR's strategies, LD-Pruning's CFG
 switch): the composed plans are that policy's plans, each merged with the other's (static) plan,
-so its decisions keep their plan indices. FastVAR does not compose (its pruning is its own graph).
+so its decisions keep their plan indices. FastVAR and ToProVAR do not compose (their pruning is
+in their own graphs).
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ class ComposedPolicy(Policy):
             raise PlanError(
                 f"{a.name}+{b.name}: both make run-time decisions; compose one deciding policy with static ones"
             )
-        if any(p.fastvar_blocks is not None for p in (*a.plans, *b.plans)):
-            raise PlanError(f"{a.name}+{b.name}: FastVAR prunes inside its own graph and does not compose")
+        in_graph = {
+            "FastVAR": lambda p: p.fastvar_blocks is not None,
+            "ToProVAR": lambda p: p.toprovar_block is not None,
+            "StageVAR": lambda p: p.lowrank_chunk is not None,
+        }
+        for method, prunes_in_graph in in_graph.items():
+            if any(prunes_in_graph(p) for p in (*a.plans, *b.plans)):
+                raise PlanError(f"{a.name}+{b.name}: {method} prunes inside its own graph and does not compose")
         self.a, self.b = a, b
         self.decider = a if decides(a) else (b if decides(b) else None)
         self.name = f"{a.name}+{b.name}"
@@ -53,7 +60,7 @@ class ComposedPolicy(Policy):
                 ScalePlan(
                     run=s.run and t.run,
                     budget=small.budget,
-                    cfg="cond" if "cond" in (s.cfg, t.cfg) else "both",
+                    cfg=self._branch(si, s.cfg, t.cfg),
                     layers=small.layers,
                     restore=small.restore,
                 )
@@ -63,6 +70,15 @@ class ComposedPolicy(Policy):
         return replace(
             p, name=names, scales=tuple(scales), probe_scale=probe, description=f"{p.name} merged with {q.name}"
         )
+
+    def _branch(self, si: int, a: str, b: str) -> str:
+        """One branch if either runs one; both policies must agree on which."""
+        one = {a, b} - {"both"}
+        if len(one) > 1:
+            raise PlanError(
+                f"{self.name}: scale {si} runs the conditional branch in one and the unconditional in the other"
+            )
+        return one.pop() if one else "both"
 
     def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
         return self.owner[si].select(si, plan, state)

@@ -11,11 +11,13 @@ Settings. FastVAR published settings for Infinity-2B (reference 24x24; keep 615/
 choice for VAR: HART's schedule — prune the last two scales, keeping 50% and then 25% of their
 tokens (VAR's 13x13 and 16x16: 85 and 64 tokens), reference = the scale before (10x10), no skipped
 scales (VAR's last scale is the decoded latent's full resolution, unlike Infinity's 64x64) — with
-Infinity's block band (prune blocks round(3/32 D) .. round(28/32 D): 2..14 of 16). Every number
-is a knob: ``fastvar:keep=0.5/0.25,blocks=2-14,reference=7``.
+Infinity's block band scaled to the depth (prune blocks round(3/32 D) .. round(28/32 D): 2..14 of
+16). Every number is a knob: ``fastvar:keep=0.5/0.25,blocks=2-14,reference=7``.
 
 On Infinity the published settings are the default: ``keep=0.6/0.5,skip=2`` — 615/1024 and 800/1600
-at scales 9 and 10 of 13, reference scale 8 (24x24), blocks [3, 28) of 32, the last two scales not run
+at scales 9 and 10 of 13, reference scale 8 (24x24), blocks [3, 28) whatever the depth, as the
+released code hard-codes them (Infinity-8B: 3-27 of 40, not the proportional [4, 35), which no
+measurement here supports; docs/policies.md), the last two scales not run
 (the image is decoded from the codes accumulated up to 40x40). The released code keys its rules on
 the grid width (32/40 prune, 48/64 skip), so it accelerates only square schedules; here they key on
 the scale index, so every aspect-ratio template gets the same treatment. In Infinity blocks the
@@ -31,11 +33,23 @@ from varrt.runtime.selectors import keep_count
 OPTIONS = {
     "keep": "fractions of tokens kept at the pruned scales, slash-separated (VAR 0.5/0.25, Infinity 0.6/0.5)",
     "skip": "last scales not run at all, after the pruned ones (VAR 0, Infinity 2: 48x48 and 64x64)",
-    "blocks": "pruned blocks first-last, last exclusive (default round(3/32 D)-round(28/32 D))",
+    "blocks": "pruned blocks first-last, last exclusive (default Infinity 3-28, VAR round(3/32 D)-round(28/32 D))",
     "reference": "scale whose deltas restore pruned tokens (default: the scale before the first pruned)",
 }
 #: the published (Infinity-2B) and our (VAR) settings: kept fractions of the pruned scales, skipped last scales
 DEFAULTS = {"var": ((0.5, 0.25), 0), "infinity": ((0.6, 0.5), 2)}
+#: the released code's pruned blocks, ``range(3, 28)`` at every depth (``fastvar_basic.py``)
+OFFICIAL_BLOCKS = (3, 28)
+
+
+def default_blocks(family: str, depth: int) -> tuple[int, int]:
+    """Infinity: the released band, cut to the model's blocks (what the released code prunes at any
+    depth). VAR (no published setting): the band scaled to the depth. At least one block."""
+    if family == "infinity":
+        a, b = min(OFFICIAL_BLOCKS[0], depth - 1), min(OFFICIAL_BLOCKS[1], depth)
+    else:
+        a, b = min(round(3 / 32 * depth), depth - 1), round(28 / 32 * depth)
+    return a, max(b, a + 1)
 
 
 class FastVarPolicy(Policy):
@@ -70,8 +84,7 @@ class FastVarPolicy(Policy):
                 f"plus skipped scales than the schedule's {sn}"
             )
         if blocks is None:
-            a, b = round(3 / 32 * depth), round(28 / 32 * depth)
-            blocks = (min(a, depth - 1), max(b, min(a, depth - 1) + 1))
+            blocks = default_blocks(target.family, depth)
         first = sn - skip - len(keep)
         reference = first - 1 if reference is None else reference
         scales = [ScalePlan() for _ in range(sn)]

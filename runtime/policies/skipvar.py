@@ -15,9 +15,10 @@ coefficients were fitted on Infinity-2B at 1024 px and do not transfer as they a
 loads a refit (tools/fit_skipvar.py) of the same form.
 
 Batches. Every sample gets its own strategy. At the decision the batch splits into one group per
-strategy; each group's cache rows are copied once and it runs on shapes for its own size (the
-export builds every size 1..B for the scales after the decision). With B = 1 — the only case the
-official code supports — there is nothing to split.
+strategy; each group's cache rows are copied once and it runs at its own size, or padded to a
+bucketed one (B, B // 2, ..., 1: the sizes an export builds for the scales after the decision; see
+varrt.runtime.groups). With B = 1 — the only case the official code supports — there is nothing to
+split.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class SkipVarPolicy(Policy):
 
     def decide(self, features: Tensor) -> Tensor:
         """Features (B, F) -> plan index per sample (0 base, 1..3 skip k, 4..6 uncond k)."""
-        skip = logistic_argmax(features, **self.models["skip"])
-        uncond = logistic_argmax(features, **self.models["uncond"])
+        skip = logistic_argmax(features, self.models["skip"])
+        uncond = logistic_argmax(features, self.models["uncond"])
         return torch.where(skip > 0, skip, torch.where(uncond > 0, uncond + 3, 0))
 
     def after_scale(self, state: ScaleState) -> Tensor | None:

@@ -1,19 +1,20 @@
-"""StepVAR (structure-texture guided pruning), reconstructed: its code is not public.
+"""StepVAR (structure-texture guided pruning), from its paper's abstract: its code is not public.
 
-At the late scales each sample keeps the tokens with the highest combined score
+Stated by the paper (arXiv 2603.01757, abstract): training-free token pruning at the **later
+scales** (they refine high-frequency texture and are spatially redundant), by two criteria — a
+**lightweight high-pass filter** for local texture and **PCA** for global structure — and the
+pruned positions are filled by **nearest-neighbour feature propagation** so that the next scale
+sees a dense map. Everything else is our choice, each a knob (docs/policies.md lists them):
 
     score = alpha * texture + (1 - alpha) * structure        (each min-max normalised per sample)
-    texture   = || x - blur3x3(x) ||                          a light high-pass over the token map
-    structure = || projection of (x - mean) on the top principal components ||
+    texture   = || high-pass(x) ||                            ``filter``: box (x - its 3x3 mean) or laplacian
+    structure = || projection of (x - mean) on the top ``components`` principal components ||
 
-and the positions not computed take the final state of the nearest computed token
-(nearest-neighbour feature propagation), so the next scale sees a dense map.
-
-Choices where the paper is silent (knobs in brackets): the token features are the scale's input
-tokens — the accumulated latent down-sampled to the scale's grid, the only features available
-before the scale runs [fixed]; PCA by 8 power iterations on the channel covariance, 1 component
-[components]; alpha = 0.5 [alpha]; budgets keep 50% of the last two scales [keep] (the paper's
-secondary summaries put the quality cliff beyond ~70% pruning).
+The token features are the scale's input tokens — the accumulated latent down-sampled to the
+scale's grid, the only features available before the scale runs [fixed]; PCA by 8 power
+iterations on the channel covariance [fixed]; the pruned scales are the last len(keep), or
+``start``..SN-1 [keep, start]; the positions not computed take the final state of the nearest
+computed token [stated; ties to the earlier token: fixed].
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from __future__ import annotations
 from torch import Tensor
 
 from varrt.runtime.plan import Plan, PlanError
-from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options, fractions, late_budgets
-from varrt.runtime.selectors import high_pass, normalise, principal_projection, top_tokens
+from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options, late_budgets, late_keep
+from varrt.runtime.selectors import HIGH_PASS_FILTERS, high_pass, normalise, principal_projection, top_tokens
 
 OPTIONS = {
-    "keep": "fractions kept at the last scales, slash-separated (default 0.5/0.5)",
+    "keep": "kept fractions of the pruned scales: the last ones, or one / each from start (default 0.5/0.5)",
+    "start": "first pruned scale (default: SN - the number of keep fractions)",
     "alpha": "weight of texture against structure (default 0.5)",
     "components": "principal components for the structure score (default 1)",
+    "filter": "high-pass filter for the texture score: box or laplacian (default box)",
 }
+DEFAULTS = {"keep": "0.5/0.5", "alpha": "0.5", "components": "1", "filter": "box"}
 
 
 class StepVarPolicy(Policy):
@@ -37,33 +41,41 @@ class StepVarPolicy(Policy):
     @classmethod
     def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> StepVarPolicy:
         check_options(cls.name, opts, OPTIONS)
+        o = {**DEFAULTS, **opts}
+        keep = late_keep(target.schedule, o, DEFAULTS["keep"], "stepvar")
         try:
-            return cls(
-                target,
-                fractions(opts.get("keep", "0.5/0.5"), "stepvar keep"),
-                float(opts.get("alpha", 0.5)),
-                int(opts.get("components", 1)),
-            )
+            return cls(target, keep, float(o["alpha"]), int(o["components"]), o["filter"])
         except ValueError as e:
             raise PlanError(f"stepvar options {opts}: {e}") from None
 
     def __init__(
-        self, target: PolicyTarget, keep: tuple[float, ...] = (0.5, 0.5), alpha: float = 0.5, components: int = 1
+        self,
+        target: PolicyTarget,
+        keep: tuple[float, ...] = (0.5, 0.5),
+        alpha: float = 0.5,
+        components: int = 1,
+        filter: str = "box",
     ) -> None:
-        if not 0 <= alpha <= 1 or components < 1:
-            raise PlanError(f"stepvar: alpha must be in [0, 1] and components >= 1, got {alpha}, {components}")
-        self.alpha, self.components = alpha, components
+        if not 0 <= alpha <= 1 or components < 1 or filter not in HIGH_PASS_FILTERS:
+            raise PlanError(
+                f"stepvar: alpha must be in [0, 1], components >= 1, filter one of {HIGH_PASS_FILTERS}; "
+                f"got {alpha}, {components}, {filter}"
+            )
+        self.alpha, self.components, self.filter = alpha, components, filter
+        sn = target.schedule.num_scales
         plan = late_budgets(
             target.schedule,
             keep,
             "nearest",
             name="stepvar",
-            description=f"StepVAR: texture/structure top-k of {'/'.join(map(str, keep))}, NN fill",
+            description=f"StepVAR: {filter} texture / {components}-component PCA structure (alpha {alpha}) top-k "
+            f"of {'/'.join(map(str, keep))} at the last {len(keep)} scales, NN fill",
         )
-        super().__init__((plan,), {"keep": list(keep), "alpha": alpha, "components": components})
+        knobs = {"keep": list(keep), "start": sn - len(keep), "alpha": alpha, "components": components}
+        super().__init__((plan,), {**knobs, "filter": filter})
 
     def scores(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        texture = normalise(high_pass(x, grid))
+        texture = normalise(high_pass(x, grid, self.filter))
         structure = normalise(principal_projection(x, self.components))
         return self.alpha * texture + (1 - self.alpha) * structure
 

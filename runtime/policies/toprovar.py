@@ -1,57 +1,62 @@
-"""ToProVAR (entropy-aware token pruning), reconstructed: its code is not public.
+"""ToProVAR (entropy-aware pruning over tokens, layers and scales), from its paper: its code is not public.
 
-Token dimension. At a probe scale the engine returns every token's attention entropy per block
-(computed inside the graph from the attention probabilities: -sum p log p, averaged over heads; a
-separate "probe" graph, so that the other graphs keep TensorRT's fused attention). From the cut-off
-scale on, tokens with high entropy (diffuse attention) tend to be pruned: each late scale keeps the
-tokens with the lowest entropy, read from the probe scale's map up-sampled (area) to its grid and
-averaged over the blocks; the rest take the previous scale's states (cached restoration).
+What the paper states (arXiv 2602.22948, Eqs. 5-6; the method section was read through quotations,
+see docs/policies.md), and how varrt runs it:
 
-Scale dimension. The pruning tendency grows with the scale, phi(s) = s / (SN - 1): scale s >= D
-prunes the fraction alpha_min + (alpha_max - alpha_min) phi(s) of its tokens (static budgets, the
-top-k form of the paper's keep probability).
+* Token dimension. The attention entropy of every token, H_i = -sum_j a_ij log a_ij, measured
+  *inside attention* at the scale being pruned, normalised within a layer and scale,
+  H_hat_i = H_i / sum_j H_j. varrt measures it in the self-attention of one early block
+  ``entropy_block`` of the same scale, inside the ``transformer_toprovar`` graph (averaged over
+  heads), and every later block keeps, in the graph, the tokens with the lowest entropy (TopK,
+  gather, scatter), as FastVAR's graph does with its own criterion.
+* Pruning tendency and keep probability: q_i = phi(s) R(l, s) H_hat_i with phi(s) = s / S_max, and
+  P_keep(i | s, l) = 1 for s < D, else 1 - clip(alpha_min + (alpha_max - alpha_min) q_i, 0, 1).
+* Layer dimension: R(l, s), the layer's score (the paper derives it from the layer's "semantic
+  scope"; its values are not published).
 
-Layer dimension. From the cut-off scale on, the blocks in ``skip`` do not run: their tokens pass
-through unchanged and the block only projects their keys and values for the cache (a layer-set
-graph, ``transformer_layers``, with the skipped blocks compiled in; 4 C^2 of a block's 24 C^2 per
-token). Which blocks are redundant is an offline entropy analysis, since a static graph cannot
-depend on one image: ``python tools/toprovar_layers.py`` runs the probe over a few samples and
-names the blocks whose attention is most diffuse (highest mean entropy) at the probe scale; pass
-them as ``toprovar:skip=i/j/k``. Default: no block skipped (the paper's layer scores are not
-published, and a wrong choice costs fidelity, not speed).
+Our choices, where the paper is silent or a static graph needs a decision (each a knob where it
+can be one):
 
-Why one layer-set graph rather than a segment split (one engine per run of blocks, called in turn
-with the runtime skipping segments): a split adds an engine call and a hidden-state round trip per
-segment at every scale and breaks TensorRT's fusion at each cut; the layer-set graph adds no weight
-bytes to the export (shared weights file) but, under TensorRT, one more engine with its own copy of
-the transformer weights. Latency over GPU memory; see docs/policies.md.
-
-Choices (knobs in brackets): probe = the scale before the cut-off [probe]; cut-off D = SN - 2 (the
-last two scales) [cutoff]; alpha_min 0.3, alpha_max 0.6 [alpha_min, alpha_max]; blocks weighted
-equally in the token score (the paper's layer scores are not published); skipped blocks [skip].
+* A fixed budget per (scale, block) instead of a per-token draw: static graphs need a fixed count.
+  H_hat is scaled by N (the mean token has H_hat = 1; with the paper's plain sum the mean is 1/N
+  and q would vanish at large N), so sum_i P_keep = N (1 - alpha_min - (alpha_max - alpha_min)
+  phi(s) R) before the clip: the budget is that expected count, k = N - floor(N p) with
+  p = clip(alpha_min + (alpha_max - alpha_min) phi(s) R, 0, 1), at least one token. Within a block
+  and scale P_keep falls with the entropy alone, so the top-k of P_keep are the k lowest-entropy
+  tokens (the clip only ties tokens; we break ties by entropy).
+* One entropy map per scale, from block ``entropy_block`` (default 0), serves all later blocks: a
+  block cannot measure the entropy of tokens it does not compute without paying for the attention
+  the pruning is meant to save. The blocks up to it run every token.
+* A pruned token passes through the block unchanged (its residual stream skips the block) and adds
+  no keys or values to that block's cache; every position leaves the scale with its own state, so
+  nothing is restored. Selection is per row (CFG's two rows choose independently, as FastVAR's).
+* S_max = SN - 1 with s the 0-based scale index (phi = 1 at the last scale); D = SN - 2 (the last
+  two scales) [cutoff]; alpha_min = 0.3, alpha_max = 0.6 [alpha_min, alpha_max]; R = 1 for every
+  block [layer_score] (``tools/toprovar_layers.py`` measures a per-block score from the blocks'
+  entropy on a model, our substitute for the paper's unpublished SVD-based scores).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from torch import Tensor
+import math
 
 from varrt.runtime.plan import Plan, PlanError, ScalePlan
-from varrt.runtime.policies import Policy, PolicyTarget, ScaleState, check_options
-from varrt.runtime.selectors import keep_count, top_tokens, upsample_tokens
+from varrt.runtime.policies import Policy, PolicyTarget, check_options, fractions
+from varrt.runtime.selectors import keep_count
 
 OPTIONS = {
-    "cutoff": "first pruned scale D (default SN - 2)",
-    "probe": "probe scale (default D - 1)",
-    "alpha_min": "pruned fraction at phi = 0 (default 0.3)",
-    "alpha_max": "at phi = 1 (default 0.6)",
-    "skip": "blocks not run from the cut-off on, e.g. 9/10/11 (default none; tools/toprovar_layers.py)",
+    "cutoff": "D, the first pruned scale (default SN - 2)",
+    "alpha_min": "pruned share at q = 0 (default 0.3)",
+    "alpha_max": "pruned share at q = 1 (default 0.6)",
+    "entropy_block": "block whose attention entropy ranks the tokens; it and the blocks before it run all (default 0)",
+    "layer_score": "R per block, one value or one per block slash-separated (default 1)",
 }
 
 
-def parse_blocks(text: str) -> tuple[int, ...]:
-    return tuple(sorted({int(b) for b in text.split("/") if b}))
+def pruned_share(alpha_min: float, alpha_max: float, phi: float, score: float) -> float:
+    """clip(alpha_min + (alpha_max - alpha_min) phi R, 0, 1): the share of a block's tokens that the
+    paper's keep probability prunes in expectation at a token of mean entropy."""
+    return min(1.0, max(0.0, alpha_min + (alpha_max - alpha_min) * phi * score))
 
 
 class ToProVarPolicy(Policy):
@@ -62,57 +67,60 @@ class ToProVarPolicy(Policy):
         check_options(cls.name, opts, OPTIONS)
         try:
             cutoff = int(opts["cutoff"]) if "cutoff" in opts else None
-            probe = int(opts["probe"]) if "probe" in opts else None
             alphas = float(opts.get("alpha_min", 0.3)), float(opts.get("alpha_max", 0.6))
-            return cls(target, cutoff, probe, *alphas, skip=parse_blocks(opts.get("skip", "")))
+            block = int(opts.get("entropy_block", 0))
         except ValueError as e:
             raise PlanError(f"toprovar options {opts}: {e}") from None
+        scores = fractions(opts.get("layer_score", "1"), "toprovar layer_score")
+        return cls(target, cutoff, *alphas, entropy_block=block, layer_score=scores)
 
     def __init__(
         self,
         target: PolicyTarget,
         cutoff: int | None = None,
-        probe: int | None = None,
         alpha_min: float = 0.3,
         alpha_max: float = 0.6,
-        skip: tuple[int, ...] = (),
+        entropy_block: int = 0,
+        layer_score: tuple[float, ...] = (1.0,),
     ) -> None:
-        sched = target.schedule
+        sched, depth = target.schedule, target.depth
         sn = sched.num_scales
         cutoff = sn - 2 if cutoff is None else cutoff
-        probe = cutoff - 1 if probe is None else probe
-        if not 0 <= probe < cutoff < sn:
-            raise PlanError(f"toprovar: need 0 <= probe < cutoff < {sn}, got probe {probe}, cutoff {cutoff}")
-        if not 0 <= alpha_min <= alpha_max < 1:
-            raise PlanError(f"toprovar: need 0 <= alpha_min <= alpha_max < 1, got {alpha_min}, {alpha_max}")
-        if not all(0 <= b < target.depth for b in skip) or len(skip) >= target.depth:
-            raise PlanError(f"toprovar: skip must name some (not all) of the blocks 0..{target.depth - 1}, got {skip}")
-        layers = tuple(b for b in range(target.depth) if b not in skip) if skip else None
+        if not 1 <= cutoff < sn:
+            raise PlanError(f"toprovar: the cut-off D must be a scale in 1..{sn - 1}, got {cutoff}")
+        if not 0 <= alpha_min <= alpha_max <= 1:
+            raise PlanError(f"toprovar: need 0 <= alpha_min <= alpha_max <= 1, got {alpha_min}, {alpha_max}")
+        if not 0 <= entropy_block < depth - 1:
+            raise PlanError(
+                f"toprovar: entropy_block must leave a later block to prune (0..{depth - 2}), got {entropy_block}"
+            )
+        if len(layer_score) not in (1, depth) or any(not math.isfinite(r) or r < 0 for r in layer_score):
+            raise PlanError(
+                f"toprovar: layer_score needs one value or one per block ({depth}), each >= 0, got {layer_score}"
+            )
+        scores = layer_score * depth if len(layer_score) == 1 else layer_score
         scales = []
         for si in range(sn):
             n = sched.tokens(si)
             if si < cutoff:
                 scales.append(ScalePlan())
                 continue
-            keep = 1 - (alpha_min + (alpha_max - alpha_min) * sched.progress(si))
-            budget = keep_count(n, keep)
-            pruned = dict(budget=budget, restore="cache") if budget < n else {}
-            scales.append(ScalePlan(**pruned, layers=layers))
+            phi = si / (sn - 1)
+            later = [keep_count(n, 1 - pruned_share(alpha_min, alpha_max, phi, scores[b])) for b in range(depth)]
+            scales.append(ScalePlan(block_tokens=(n,) * (entropy_block + 1) + tuple(later[entropy_block + 1 :])))
         plan = Plan(
             "toprovar",
             tuple(scales),
-            f"ToProVAR: entropy probe at scale {probe}, lowest-entropy tokens kept "
-            f"from scale {cutoff} on (pruned fraction {alpha_min} + {alpha_max - alpha_min} phi(s))"
-            + (f", blocks {'/'.join(map(str, skip))} skipped" if skip else ""),
+            f"ToProVAR: from scale {cutoff} on, blocks after block {entropy_block} keep their lowest-entropy "
+            f"tokens (entropy of block {entropy_block}, same scale; pruned share clip({alpha_min} + "
+            f"{round(alpha_max - alpha_min, 6)} phi(s) R(l)))",
+            toprovar_block=entropy_block,
         )
-        plan = replace(plan, probe_scale=probe)
-        knobs = {"cutoff": cutoff, "probe": probe, "alpha_min": alpha_min, "alpha_max": alpha_max, "skip": list(skip)}
+        knobs = {
+            "cutoff": cutoff,
+            "alpha_min": alpha_min,
+            "alpha_max": alpha_max,
+            "entropy_block": entropy_block,
+            "layer_score": list(scores),
+        }
         super().__init__((plan,), knobs)
-
-    def select(self, si: int, plan: Plan, state: ScaleState) -> Tensor:
-        sched = state.schedule
-        g = state.groups[0]
-        b = state.x.shape[0]
-        ent = g.entropy[:b].mean(1, keepdim=True).transpose(1, 2)  # (b, n_probe, 1): blocks weighted equally
-        up = upsample_tokens(ent, g.entropy_grid, sched.grids[si]).squeeze(-1)
-        return top_tokens(-up, plan.tokens(si, sched))  # keep the lowest entropy; conditional rows
