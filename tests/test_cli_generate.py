@@ -109,6 +109,7 @@ def test_missing_checkpoint_files(tmp_path, capsys):
     assert rc == 2 and "--vae" in err
 
 
+@pytest.mark.slow
 def test_generate_var_d16_random_weights_smoke(tmp_path, capsys):
     """One real-size run: the released d16 architecture end to end on the CPU."""
     rc, err = run_cli(

@@ -1,22 +1,25 @@
-"""Argument groups and steps that several verbs share: model files, policies, export, the engine."""
+"""Argument groups and steps that several verbs share: model files, policies, export, the pipeline.
+
+The verbs translate arguments into the library's terms (:class:`~varrt.runtime.weights.Weights`,
+:class:`~varrt.runtime.pipeline.Pipeline`) and print; they never assemble engines themselves."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 
 from varrt.runtime import console as con
+from varrt.runtime.pipeline import BACKENDS as BACKENDS
 
 
-# ------------------------------------------------------------------------------------------ shared
+# ------------------------------------------------------------------------------------------ model
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--checkpoint", type=Path, help="VAR checkpoint (.pth or .safetensors); default: the bundled demo model"
-    )
+    g = p.add_argument_group("model (default: the bundled demo model)")
+    g.add_argument("--checkpoint", type=Path, help="VAR checkpoint (.pth or .safetensors)")
     g.add_argument("--vae", type=Path, help="VQVAE checkpoint (vae_ch160v4096z32.pth or .safetensors)")
     g.add_argument(
         "--random-weights",
@@ -25,13 +28,54 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--model",
-        default="var-d16",
-        help="architecture for --random-weights (var-d16 ... var-d36); infinity-2b / infinity-8b select the "
-        "text-to-image family (with --checkpoint, --vae, --text-encoder, --prompt)",
+        default=None,
+        help="architecture for --random-weights (var-d16, the default, ... var-d36); infinity-2b / infinity-8b "
+        "select the text-to-image family (with --checkpoint, --vae, --text-encoder, --prompt)",
     )
     g.add_argument("--weights-seed", type=int, default=0, help="seed of the random weights")
 
 
+def is_infinity(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "prompt", None)) or str(getattr(args, "model", None) or "").startswith("infinity")
+
+
+def var_only(args: argparse.Namespace, verb: str) -> None:
+    if is_infinity(args):
+        raise ValueError(
+            f"`varrt {verb}` covers VAR models so far (Infinity exports and runs through `varrt generate --prompt`)"
+        )
+
+
+def weights_of(args: argparse.Namespace, family: str | None = None):
+    """The weights the arguments name: --checkpoint/--vae, --random-weights --model, or the demo model
+    (``family``: known from elsewhere, e.g. an artifact; by default told by the arguments)."""
+    from varrt.runtime.weights import Weights
+
+    infinity = family == "infinity" if family else is_infinity(args)
+    text_encoder = getattr(args, "text_encoder", None) if infinity else None
+    if args.model and not infinity and not args.random_weights:
+        runs = "the checkpoint's own architecture" if args.checkpoint else "the bundled demo model"
+        raise ValueError(
+            f"--model {args.model} names an architecture for --random-weights; without it {runs} runs: "
+            "add --random-weights, or drop --model"
+        )
+    if args.random_weights:
+        if args.checkpoint or args.vae:
+            raise ValueError("--random-weights and --checkpoint/--vae exclude each other")
+        return Weights.random_weights(args.model or "var-d16", args.weights_seed, text_encoder)
+    if args.checkpoint or args.vae:
+        if not args.checkpoint or not args.vae:
+            raise ValueError("give both --checkpoint and --vae (or neither, for the bundled demo model)")
+        return Weights.files(args.checkpoint, args.vae, text_encoder)
+    if infinity:
+        raise ValueError(
+            "Infinity needs --checkpoint (infinity_2b_reg.pth or the 8B shard folder) and --vae "
+            "(infinity_vae_d32_reg.pth / infinity_vae_d56_f8_14_patchify.pth), or --random-weights"
+        )
+    return Weights.demo_model()
+
+
+# ------------------------------------------------------------------------------------------ policies
 def add_policy_args(p: argparse.ArgumentParser, many: bool) -> None:
     g = p.add_argument_group("acceleration")
     action = "append" if many else "store"
@@ -54,184 +98,28 @@ def policy_specs(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(specs) or ("full",)
 
 
-OFFICIAL_SAMPLING = {"cfg": 4.0, "top_k": 900, "top_p": 0.95}
-BACKENDS = ["ort", "torch", "trt", "torch-graph"]
+def check_policies(specs: tuple[str, ...], family: str, cfg=None) -> None:
+    """Bad policy specs and plan files fail before anything is loaded: fully against ``cfg`` when
+    the architecture is known, else the plan files' fields and the policy names."""
+    from varrt.runtime.plan import Plan, PlanError
+    from varrt.runtime.policies import make_policy, parse_spec, registry
+
+    for spec in specs:
+        if cfg is not None:
+            make_policy(spec, cfg)
+            continue
+        for part in spec.split("+"):
+            if Path(part).suffix in (".json", ".toml"):
+                Plan.load(part)
+                continue
+            name, _ = parse_spec(part)
+            if name != "full" and name not in registry(family):
+                raise PlanError(
+                    f"unknown policy {name!r}; known: full, {', '.join(registry(family))}, A+B, or a plan file"
+                )
 
 
-def check_backend(backend: str) -> None:
-    """Fail in one line, before any export or model loading, when ``backend`` cannot run here."""
-    from varrt.engines.base import BackendUnavailable
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
-    if backend == "trt":
-        from varrt.engines.tensorrt_engine import import_tensorrt
-
-        import_tensorrt()
-    elif backend == "torch-graph" and not torch.cuda.is_available():
-        raise BackendUnavailable(
-            "torch-graph needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
-            "see README, 'On an NVIDIA GPU', and `varrt doctor`"
-        )
-    elif backend == "ort":
-        from varrt.engines.ort_engine import _import_ort
-
-        _import_ort()
-
-
-def model_files(args: argparse.Namespace) -> tuple[Path, Path] | None:
-    """The checkpoint pair to use: --checkpoint/--vae, the bundled demo model, or None (random weights)."""
-    from varrt.runtime.demo import demo_model
-
-    if args.random_weights:
-        if args.checkpoint or args.vae:
-            raise ValueError("--random-weights and --checkpoint/--vae exclude each other")
-        return None
-    if args.checkpoint or args.vae:
-        if not args.checkpoint or not args.vae:
-            raise ValueError("give both --checkpoint and --vae (or neither, for the bundled demo model)")
-        return args.checkpoint, args.vae
-    demo = demo_model()
-    return demo.var, demo.vqvae
-
-
-def sampling_defaults(args: argparse.Namespace) -> dict:
-    """Official settings for official checkpoints; the demo model's own for the demo model."""
-    from varrt.runtime.demo import demo_model
-
-    if args.random_weights or args.checkpoint:
-        return OFFICIAL_SAMPLING
-    return demo_model().sampling
-
-
-def load_torch_models(args: argparse.Namespace):
-    from varrt.export.checkpoint import load_models, random_models
-
-    files = model_files(args)
-    if files is None:
-        con.warn(
-            f"--random-weights: {args.model} with random weights; the images are noise "
-            "(use it for smoke runs and timing only)"
-        )
-        return random_models(args.model, seed=args.weights_seed)
-    return load_models(*files)
-
-
-def set_threads(n: int | None) -> None:
-    torch.set_num_threads(n or os.cpu_count() or 1)
-
-
-def add_export_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("export")
-    g.add_argument(
-        "--precision",
-        choices=["float32", "float16", "bfloat16"],
-        default="float32",
-        help="matmul/KV precision of the graphs (float32 for CPU; norms, softmax, logits stay float32)",
-    )
-    g.add_argument("--opset", type=int, default=20, help="ONNX opset (18-20)")
-    g.add_argument("--force", action="store_true", help="replace an artifact that holds a different export")
-    g.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs torch parity check")
-
-
-def export_request(args: argparse.Namespace, batch: int, policies: tuple[str, ...]):
-    from varrt.export.exporter import ExportConfig
-    from varrt.runtime.artifacts import ExportRequest, checkpoint_source, random_source
-
-    files = model_files(args)
-    if files is None:
-        source = random_source(args.model, args.weights_seed)
-    else:
-        for p in files:
-            if not p.exists():
-                raise FileNotFoundError(f"checkpoint not found: {p}")
-        source = checkpoint_source(*files)
-    config = ExportConfig(precision=args.precision, opset=args.opset)
-    return ExportRequest(source=source, policies=policies, batch=batch, config=config)
-
-
-def artifact_for(args: argparse.Namespace, batch: int, policies: tuple[str, ...], out: Path | None = None) -> Path:
-    """Reuse or create the export for this model / policies / batch (the ORT backend's input)."""
-    from varrt.runtime.artifacts import ensure_artifact
-
-    request = export_request(args, batch, policies)
-    with con.status("export") as say:
-        return ensure_artifact(
-            request, lambda: load_torch_models(args), out=out, force=args.force, validate=not args.no_validate, say=say
-        )
-
-
-def make_engine(args: argparse.Namespace, batch: int, policies: tuple[str, ...]):
-    """The engine of ``args.backend``; the eager backends compute at ``--precision`` as an export
-    of that precision does (so torch and torch-graph are compared at the same precision)."""
-    check_backend(args.backend)
-    if args.backend in ("torch", "torch-graph"):
-        from varrt.export.exporter import precision_models
-
-        var, vqvae = precision_models(*load_torch_models(args), getattr(args, "precision", "float32"))
-        if args.backend == "torch":
-            from varrt.engines.torch_engine import TorchEngine
-
-            return TorchEngine(var, vqvae)
-        from varrt.engines.torch_graph_engine import TorchGraphEngine
-
-        return TorchGraphEngine(var, vqvae, compile=getattr(args, "compile", False))
-    artifact = args.artifact or artifact_for(args, batch, policies)
-    if args.backend == "trt":
-        from varrt.engines.tensorrt_engine import TrtEngine
-        from varrt.engines.trt_config import BuildConfig
-
-        with con.status("tensorrt") as say:
-            return TrtEngine(artifact, BuildConfig(tf32=getattr(args, "tf32", True)), say=say)
-    from varrt.engines.ort_engine import OrtEngine
-
-    return OrtEngine(artifact, providers=args.providers.split(","), threads=args.threads)
-
-
-def timing_table(result, engine, sched) -> None:
-    rows = [
-        [f"scale {si} ({pn}x{pn})", f"{s * 1e3:.1f}"]
-        for si, (pn, s) in enumerate(zip(sched.patch_nums, result.scale_seconds))
-    ]
-    rows += [[k, f"{v * 1e3:.1f}"] for k, v in result.seconds.items()]
-    con.console.print(con.table(f"timing ({engine.backend}, batch {len(result.labels)})", ["stage", "ms"], rows))
-
-
-def run_generation(engine, labels, args, policy_spec: str, sampling, quiet: bool):
-    from varrt.runtime.generate import generate
-    from varrt.runtime.policies import make_policy
-
-    cfg = engine.var_config
-    sched = cfg.schedule
-    policy = make_policy(policy_spec, cfg)
-    with con.progress(sched.num_scales, f"{cfg.label} [{engine.backend}, {policy.name}]", enabled=not quiet) as step:
-        result = generate(
-            engine,
-            labels,
-            batch=getattr(args, "batch", None),
-            seed=args.seed,
-            sampling=sampling,
-            policy=policy,
-            on_scale=lambda si, n, s: step(f"scale {si} ({sched.patch_nums[si]}x{sched.patch_nums[si]}) {s:.2f}s"),
-        )
-    if not quiet:
-        timing_table(result, engine, sched)
-        if result.decisions:
-            con.info(
-                f"{policy.name}: " + "; ".join(f"after scale {d['scale']}: {d['plans']}" for d in result.decisions)
-            )
-    return result
-
-
-def sampling_config(args: argparse.Namespace):
-    from varrt.runtime.sampling import SamplingConfig
-
-    d = {} if args.artifact and args.backend == "ort" else sampling_defaults(args)
-    d = {**OFFICIAL_SAMPLING, **d}
-    pick = lambda name: getattr(args, name) if getattr(args, name) is not None else d[name]  # noqa: E731
-    return SamplingConfig(cfg=pick("cfg"), top_k=pick("top_k"), top_p=pick("top_p"), more_smooth=args.more_smooth)
-
-
+# ------------------------------------------------------------------------------------------ sampling
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: the official 4 / 900 / 0.95, or the demo model's own)")
     g.add_argument("--seed", type=int, default=0)
@@ -241,6 +129,16 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--more-smooth", action="store_true", help="official Gumbel-softmax smoothing (visualisation)")
 
 
+def sampling_overrides(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line (None: the pipeline's default)."""
+    names = ("cfg", "top_k", "top_p", "tau")
+    given = {k: getattr(args, k, None) for k in names}
+    if getattr(args, "more_smooth", False):
+        given["more_smooth"] = True
+    return given
+
+
+# ------------------------------------------------------------------------------------------ backend
 def add_backend_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend")
     add_backend_choice(g)
@@ -263,6 +161,164 @@ def add_backend_choice(g) -> None:
         "(NVIDIA GPU + TensorRT); torch-graph: eager modules in CUDA graphs (NVIDIA GPU)",
     )
     g.add_argument("--compile", action="store_true", help="torch-graph: torch.compile every graph first")
+
+
+def set_threads(n: int | None) -> None:
+    if n is not None and n < 1:
+        raise ValueError(f"--threads must be >= 1 (or left out for all {os.cpu_count()} cores), got {n}")
+    torch.set_num_threads(n or os.cpu_count() or 1)
+
+
+def preflight(args: argparse.Namespace, one_policy: bool = False) -> None:
+    """The cheap checks of a generating verb, before anything is loaded or exported: numbers in
+    range, flags that go together, files where they are said to be, a backend this machine runs."""
+    from varrt.runtime.pipeline import check_backend, sampling_config
+
+    set_threads(getattr(args, "threads", None))
+    if getattr(args, "seed", 0) < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if one_policy and getattr(args, "policy", None) and getattr(args, "plan", None):
+        raise ValueError(
+            "give --policy or --plan, not both: a plan file is a policy (one policy per generation; "
+            "`varrt eval` and `varrt bench` compare several)"
+        )
+    family = "infinity" if is_infinity(args) else "var"
+    if getattr(args, "artifact", None):
+        named = [f for f in ("checkpoint", "vae", "random_weights", "model") if getattr(args, f, None)]
+        if named and family == "var":
+            raise ValueError(
+                "--artifact runs the weights it was exported from; drop "
+                + ", ".join("--" + n.replace("_", "-") for n in named)
+            )
+        if args.backend not in ("ort", "trt"):
+            raise ValueError(f"--artifact runs on --backend ort or trt, not {args.backend}")
+        defaults = {}
+        weights = None
+    else:
+        weights = weights_of(args).check() if family == "var" or getattr(args, "text_encoder", None) else None
+        defaults = weights.sampling_defaults if weights else {}
+    check_policies(policy_specs(args), family, weights.known_config() if weights else None)
+    from varrt.runtime.weights import INFINITY_SAMPLING, OFFICIAL_SAMPLING
+
+    base = OFFICIAL_SAMPLING if family == "var" else INFINITY_SAMPLING
+    sampling_config(family, {**base, **defaults}, sampling_overrides(args))
+    providers = getattr(args, "providers", "CPUExecutionProvider").split(",")
+    check_backend(getattr(args, "backend", "ort"), family, providers)
+
+
+# ------------------------------------------------------------------------------------------ export
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("export")
+    g.add_argument(
+        "--precision",
+        default="float32",
+        help="float32 (default), float16, bfloat16: matmul/KV precision; int8 (Q/DQ for TensorRT; ONNX Runtime "
+        "runs it, slowly on CPUs without VNNI), int8-cpu (ONNX Runtime's dynamic form: the fast one on the CPU), "
+        "fp8 (TensorRT, E4M3 Q/DQ): quantized transformer matmuls; norms, softmax, logits stay float32",
+    )
+    g.add_argument(
+        "--calibrate",
+        type=int,
+        help="int8 / fp8: calibration generations per exported policy (default 4; seeds 0..N-1, consecutive classes)",
+    )
+    g.add_argument("--opset", type=int, default=20, help="ONNX opset (18-20)")
+    g.add_argument("--force", action="store_true", help="replace an artifact that holds a different export")
+    g.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs torch parity check")
+
+
+def export_options(args: argparse.Namespace, out: Path | None = None):
+    from varrt.export.exporter import ExportConfig
+    from varrt.runtime.pipeline import ExportOptions
+
+    config = ExportConfig(
+        precision=getattr(args, "precision", "float32"),
+        opset=getattr(args, "opset", 20),
+        calibrate=getattr(args, "calibrate", None),
+    )
+    return ExportOptions(
+        config=config, out=out, force=getattr(args, "force", False), validate=not getattr(args, "no_validate", False)
+    )
+
+
+def status(what: str, args: argparse.Namespace):
+    """The one-line status of a long step, silent under --quiet."""
+    if getattr(args, "quiet", False):
+        return contextlib.nullcontext(lambda _m: None)
+    return con.status(what)
+
+
+def pipeline_for(args: argparse.Namespace, batch: int, policies: tuple[str, ...], prompts=None):
+    """The pipeline the arguments describe: --artifact as it is, or the weights on --backend
+    (ort / trt export once for ``policies`` x ``batch``, reused from the cache by hash)."""
+    from varrt.runtime.pipeline import Pipeline
+
+    providers = getattr(args, "providers", "CPUExecutionProvider").split(",")
+    if getattr(args, "artifact", None):
+        with status("load", args) as say:
+            return Pipeline.from_artifact(
+                args.artifact,
+                args.backend,
+                providers=providers,
+                threads=args.threads,
+                text_encoder=getattr(args, "text_encoder", None),
+                tf32=getattr(args, "tf32", True),
+                say=say,
+            )
+    weights = weights_of(args)
+    if weights.random:
+        con.warn(
+            f"--random-weights: {weights.random} with random weights; the images are noise "
+            "(use it for smoke runs and timing only)"
+        )
+    with status("export", args) as say:
+        return Pipeline.from_weights(
+            weights,
+            args.backend,
+            policies=policies,
+            batch=batch,
+            export=export_options(args),
+            prompts=prompts,
+            providers=providers,
+            threads=args.threads,
+            compile=getattr(args, "compile", False),
+            tf32=getattr(args, "tf32", True),
+            say=say,
+        )
+
+
+# ------------------------------------------------------------------------------------------ running
+def timing_table(result, pipe) -> None:
+    rows = []
+    for si, s in enumerate(result.scale_seconds):
+        h, w = pipe.grid(si)
+        rows.append([f"scale {si} ({h}x{w})", f"{s * 1e3:.1f}"])
+    rows += [[k, f"{v * 1e3:.1f}"] for k, v in result.seconds.items()]
+    con.result(con.table(f"timing ({pipe.backend}, batch {result.images.shape[0]})", ["stage", "ms"], rows))
+
+
+def run_generation(pipe, args: argparse.Namespace, policy_spec: str, quiet: bool, **inputs):
+    """One generation with a progress bar per scale, then the timing table and the policy's decisions."""
+    policy = pipe.policy(policy_spec)
+    sampling = pipe.sampling(sampling_overrides(args))
+    if not quiet:
+        settings = ", ".join(f"{k} {v}" for k, v in vars(sampling).items() if k != "more_smooth" or v)
+        con.info(f"sampling: {settings} (defaults: {pipe.sampling_origin})")
+    label = f"{pipe.label} [{pipe.backend}, {policy.name}]"
+    with con.progress(pipe.num_scales, label, enabled=not quiet) as step:
+        result = pipe.generate(
+            seed=args.seed,
+            policy=policy,
+            sampling=sampling,
+            on_scale=lambda si, n, s: step(f"scale {si} ({'x'.join(map(str, pipe.grid(si)))}) {s:.2f}s"),
+            **inputs,
+        )
+    if not quiet:
+        timing_table(result, pipe)
+        if result.decisions:
+            con.info(
+                f"{policy.name}: " + "; ".join(f"after scale {d['scale']}: {d['plans']}" for d in result.decisions)
+            )
+    return result
 
 
 def with_changes(args: argparse.Namespace, **changes) -> argparse.Namespace:

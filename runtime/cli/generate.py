@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from varrt.runtime import console as con
@@ -14,33 +13,34 @@ from varrt.runtime.cli.common import (
     add_model_args,
     add_policy_args,
     add_sampling_args,
-    check_backend,
-    make_engine,
+    is_infinity,
+    pipeline_for,
     policy_specs,
+    preflight,
     run_generation,
-    sampling_config,
-    set_threads,
+    sampling_overrides,
 )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from varrt.runtime.cli.infinity import cmd_generate_infinity, is_infinity
+    from varrt.runtime.cli.infinity import cmd_generate_infinity
     from varrt.runtime.images import save_images
+    from varrt.runtime.outputs import check_dir
 
-    check_backend(args.backend)  # before any export or model loading
+    preflight(args, one_policy=True)
+    check_dir(args.out, "--out")
     if is_infinity(args):
-        set_threads(args.threads)
         return cmd_generate_infinity(args)
-    sampling = sampling_config(args)
     if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     if not args.classes and not args.batch:
         raise ValueError("give one or more --class ids (or --batch N for random classes)")
+    if args.classes and args.batch:
+        raise ValueError("give --class ids or --batch N (random classes), not both")
     specs = policy_specs(args)
-    set_threads(args.threads)
     labels = args.classes or None
-    engine = make_engine(args, batch=len(labels) if labels else args.batch, policies=specs)
-    result = run_generation(engine, labels, args, specs[0], sampling, args.quiet)
+    pipe = pipeline_for(args, batch=len(labels) if labels else args.batch, policies=specs)
+    result = run_generation(pipe, args, specs[0], args.quiet, labels=labels, batch=args.batch)
     paths = save_images(result.images, args.out)
     if not args.quiet:
         con.info(f"wrote {len(paths)} image(s) to {args.out}/ (classes {result.labels.tolist()})")
@@ -74,40 +74,35 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------ demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from varrt.runtime.demo import demo_model, labelled_grid
+    from varrt.runtime.outputs import check_file, write_file
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
-    check_backend(args.backend)
-    demo = demo_model()
-    for name in ("checkpoint", "vae", "random_weights", "artifact"):
+    for name in ("checkpoint", "vae", "random_weights", "artifact", "model"):
         setattr(args, name, None)
-    args.model, args.weights_seed, args.more_smooth = "demo", 0, False
-    args.precision, args.opset = "float32", 20
-    sampling = sampling_config(args)
-    set_threads(args.threads)
-    labels = [c for c in range(len(demo.classes)) for _ in range(args.per_class)]
-    specs = (args.policy or "full",)
-    engine = make_engine(args, batch=len(labels), policies=specs)
+    preflight(args, one_policy=True)
+    out = check_file(args.out, "--out", suffixes=(".png",))
+    specs = policy_specs(args)
+    labels = [c for c in range(len(demo_model().classes)) for _ in range(args.per_class)]
+    pipe = pipeline_for(args, batch=len(labels), policies=specs)
+    sampling = pipe.sampling(sampling_overrides(args))
     con.info(
-        f"demo: {len(demo.classes)} photographs x {args.per_class} samples, cfg {sampling.cfg}, "
-        f"{engine.backend} backend"
+        f"demo: {len(pipe.classes)} classes x {args.per_class} samples, cfg {sampling.cfg}, {pipe.backend} backend"
     )
-    result = run_generation(engine, labels, args, specs[0], sampling, quiet=False)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
-    labelled_grid(result.images, labels, demo.classes, columns=args.per_class).save(tmp)
-    os.replace(tmp, out)
-    con.info(f"wrote {out} ({len(labels)} images in {result.seconds['total']:.2f} s; rows: {', '.join(demo.classes)})")
+    result = run_generation(pipe, args, specs[0], quiet=False, labels=labels)
+    grid = labelled_grid(result.images, labels, pipe.classes, columns=args.per_class)
+    write_file(out, lambda tmp: grid.save(tmp, format="PNG"))
+    names = ", ".join(pipe.classes)
+    con.info(f"wrote {out} ({len(labels)} images in {result.seconds['total']:.2f} s; rows: {names})")
     return 0
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a grid of images from the bundled demo model (ONNX Runtime on the CPU)")
-    p.add_argument("--per-class", type=int, default=4, help="samples per photograph (default 4)")
+    p.add_argument("--per-class", type=int, default=4, help="samples per class (default 4)")
     p.add_argument("--out", type=Path, default=Path("out/demo.png"))
     p.add_argument("--policy", default=None, help="acceleration policy (default full)")
-    p.add_argument("--plan", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--plan", default=None, help="a plan file (.json / .toml) instead of --policy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, help="guidance (default: the demo model's)")
     p.add_argument("--top-k", type=int, help=argparse.SUPPRESS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from varrt.runtime import console as con
@@ -12,11 +13,12 @@ from varrt.runtime.cli.common import (
     add_model_args,
     add_policy_args,
     add_sampling_args,
-    check_backend,
-    make_engine,
+    pipeline_for,
     policy_specs,
-    sampling_config,
-    set_threads,
+    preflight,
+    sampling_overrides,
+    var_only,
+    with_changes,
 )
 
 
@@ -31,35 +33,45 @@ def bench_labels(args: argparse.Namespace, batch: int) -> list[int]:
     return [pool[i % len(pool)] for i in range(batch)]
 
 
-def weights_label(args: argparse.Namespace) -> str:
-    if args.random_weights:
-        return f"random ({args.model})"
-    if args.checkpoint:
-        return f"checkpoint {args.checkpoint.name}"
-    return "demo model (trained on scikit-image photographs)"
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
     from varrt.runtime.evaluate import evaluate
-    from varrt.runtime.policies import make_policy
+    from varrt.runtime.outputs import check_file, write_text
 
     if args.random_weights:
         raise ValueError(
             "fidelity needs weights that mean something: use the demo model or a checkpoint, not --random-weights"
         )
+    var_only(args, "eval")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1 (seeds per class), got {args.seeds}")
+    if args.batch is not None and args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    preflight(args)
+    if args.out:
+        check_file(args.out, "--out", suffixes=(".json",))
     specs = [s for s in policy_specs(args) if s != "full"]
-    check_backend(args.backend)
-    set_threads(args.threads)
     batch = args.batch or (len(bench_labels(args, 10)))
     labels = bench_labels(args, batch)
-    args.artifact = None
-    engine = make_engine(args, batch=batch, policies=("full", *specs))
-    policies = [make_policy(s, engine.var_config) for s in specs]
-    sampling = sampling_config(args)
-    with con.status("eval") as say:
-        report = evaluate(engine, policies, labels, list(range(args.seeds)), sampling, progress=say)
+    pipe = pipeline_for(args, batch=batch, policies=("full", *specs))
+    if pipe.weights is not None and pipe.weights.random:
+        raise ValueError(f"{args.artifact} holds random weights; fidelity needs weights that mean something")
+    sampling = pipe.sampling(sampling_overrides(args))
+    with con.status("eval", enabled=not args.json) as say:
+        report = evaluate(pipe, specs, labels, list(range(args.seeds)), sampling, progress=say)
+    data = {
+        "model": pipe.label,
+        "labels": labels,
+        "seeds": args.seeds,
+        "backend": pipe.backend,
+        "weights": pipe.weights.label if pipe.weights else "unknown",
+        "sampling": vars(sampling),
+        "policies": report,
+    }
+    if args.out:
+        write_text(args.out, json.dumps(data, indent=1))
+    if args.json:
+        con.print_json(data)
+        return 0
     rows = [
         [
             name,
@@ -72,27 +84,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ]
         for name, r in report.items()
     ]
-    con.console.print(
+    con.result(
         con.table(
-            f"{engine.var_config.label} on {engine.backend}: {args.seeds} seeds x {batch} classes vs full",
+            f"{pipe.label} on {pipe.backend}: {args.seeds} seeds x {batch} classes vs full",
             ["policy", "SSIM", "SSIM worst 5%", "PSNR dB", "PSNR worst 5%", "FLOPs ratio", "latency ratio"],
             rows,
         )
     )
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "labels": labels,
-                    "seeds": args.seeds,
-                    "backend": engine.backend,
-                    "weights": weights_label(args),
-                    "policies": report,
-                },
-                indent=1,
-            )
-        )
     return 0
 
 
@@ -103,6 +101,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=16, help="seeds per class (default 16)")
     p.add_argument("--batch", type=int, help="classes per generation (default: 10)")
     p.add_argument("--out", type=Path, help="also write the report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (stdout) instead of a table")
     add_sampling_args(p)
     add_backend_args(p)
     add_export_args(p)
@@ -110,46 +109,61 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from varrt.runtime.bench import BenchConfig, run_bench, write_report
+    from varrt.runtime.bench import BenchConfig, markdown, run_bench, write_report
+    from varrt.runtime.outputs import check_dir
 
-    if args.batch < 1 or args.repeat < 1 or args.warmup < 0:
-        raise ValueError("--batch and --repeat must be >= 1, --warmup >= 0")
-    specs = policy_specs(args)
-    set_threads(args.threads)
-    labels = bench_labels(args, args.batch)
+    if args.batch < 1 or args.repeat < 1 or args.warmup < 0 or args.fidelity_seeds < 0:
+        raise ValueError("--batch and --repeat must be >= 1, --warmup and --fidelity-seeds >= 0")
+    var_only(args, "bench")
     backends = args.backends.split(",")
     for backend in backends:  # all of them before any model is loaded or exported
-        check_backend(backend)
-    engines, weight_bytes = {}, {}
+        preflight(with_changes(args, backend=backend))
+    check_dir(args.out_dir, "--out-dir")
+    specs = policy_specs(args)
+    exported = tuple(dict.fromkeys(("full", *specs)))  # every speed-up is against full, so full runs too
+    labels = bench_labels(args, args.batch)
+    pipes, weight_bytes = {}, {}
     for backend in backends:
-        args.backend = backend
-        args.artifact = None
-        engines[backend] = engine = make_engine(args, args.batch, specs)
+        pipe = pipes[backend] = pipeline_for(with_changes(args, backend=backend), args.batch, exported)
+        engine = pipe.engine
         if backend in ("torch", "torch-graph"):  # the same --precision as the exported backends
             params = [*engine.var.parameters(), *engine.vqvae.decoder.parameters()]
             weight_bytes[backend] = sum(p.numel() * p.element_size() for p in params)
         else:
-            artifact = getattr(engine, "artifact", None)
-            weight_bytes[backend] = (artifact / "weights.bin").stat().st_size if artifact else None
+            manifest = getattr(engine, "manifest", None)
+            weight_bytes[backend] = manifest.files["weights.bin"]["bytes"] if manifest else None
+    first = next(iter(pipes.values()))
     fidelity = 0 if args.random_weights else args.fidelity_seeds
     config = BenchConfig(
         labels=labels,
         warmup=args.warmup,
         repeat=args.repeat,
         seed=args.seed,
-        sampling=sampling_config(args),
+        sampling=first.sampling(sampling_overrides(args)),
         fidelity_seeds=fidelity,
-        weights=weights_label(args),
+        weights=first.weights.label,
     )
-    with con.status("bench") as say:
-        report = run_bench(engines, specs, config, weight_bytes, say)
-    name = args.name or f"{engines[next(iter(engines))].var_config.label}-b{args.batch}"
+    with con.status("bench", enabled=not args.json) as say:
+        report = run_bench(pipes, specs, config, weight_bytes, say)
+    report["precision"] = {b: backend_precision(b, args.precision) for b in backends}
+    name = args.name or f"{first.label}-b{args.batch}"
     paths = write_report(report, args.out_dir, name)
-    from varrt.runtime.bench import markdown
-
-    con.console.print(markdown(report))
+    if args.json:
+        con.print_json(report)
+    else:
+        con.result(markdown(report))
     con.info("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def backend_precision(backend: str, precision: str) -> str:
+    """What a backend computes for ``--precision``: the eager backends have no quantized path, they
+    run a quantized precision's fp32 reference."""
+    from varrt.export.quantize import QUANTIZED
+
+    if backend in ("torch", "torch-graph") and precision in QUANTIZED:
+        return "float32"
+    return precision
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +180,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fidelity-seeds", type=int, default=8, help="seeds for SSIM/PSNR vs full (0: none)")
     p.add_argument("--name", help="report name (default: model-batch)")
     p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
+    p.add_argument("--json", action="store_true", help="print the report as JSON (stdout) instead of markdown")
     add_sampling_args(p)
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     p.add_argument("--providers", default="CPUExecutionProvider", help="ort execution providers")
