@@ -1,7 +1,7 @@
-"""The bundled demo model (trained by tools/train.py on scikit-image photographs) and its grid.
+"""The bundled demo model (trained by tools/train.py on colour emoji) and its grid.
 
 It is the default model of every command, so a newcomer's first run makes a real picture without
-downloading anything: class i is the i-th training photograph (``demo.json`` names them).
+downloading anything: class i is the i-th training emoji (``demo.json`` names them).
 """
 
 from __future__ import annotations

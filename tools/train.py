@@ -1,14 +1,19 @@
-"""Train the small demo VQVAE + VAR on photographs that ship with scikit-image (no downloads).
+"""Train the small demo VQVAE + VAR on colour emoji (Debian's fonts-noto-color-emoji, no downloads).
 
 The models are the project's own VQVAE and VAR classes at small sizes — the same multi-scale
-residual quantizer, AdaLN blocks and null-class CFG as the released checkpoints — so the demo runs
-every code path of the real thing. Class = source photograph.
+residual quantizer, AdaLN blocks and null-class CFG as the released checkpoints, and the released
+256 px schedule (1-2-3-4-5-6-8-10-13-16, 680 tokens) at 64 px — so the demo runs every code path of
+the real thing and a policy's "last scales" mean what they mean on var-d16. Class = emoji.
 
-    python tools/train.py                      # the committed demo model (2 CPU cores, ~45 min)
+    python tools/train.py                      # the committed demo model (2 CPU threads, 1.5-3 h on a shared VM)
     python tools/train.py --device cuda --preset gpu --out /tmp/demo-gpu
+    python tools/train.py --stage eval         # figures, grid and demo.json of the checkpoints in --out
+    python tools/train.py --stage sweep        # class consistency over a guidance / top-p grid (seed set A)
+    python tools/train.py --stage decoder --set dec_steps=N   # decoder-only steps on the VQVAE in --out
+    python tools/train.py --stage vqvae; python tools/train.py --stage var   # a whole run in two parts
 
-Outputs (in --out): var.safetensors, vqvae.safetensors, demo.json (classes, recipe, metrics),
-train_log.json, samples.png.
+Outputs (in --out): var.safetensors, vqvae.safetensors, demo.json (classes, sampling, recipe,
+metrics, trained_with), train_log.json, samples.png. The training renders are drawn on the fly.
 """
 
 from __future__ import annotations
@@ -23,62 +28,61 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+# OpenMP threads that spin while they wait burn the shared cores: on 2 cores shared with other jobs
+# a VQVAE step took 51 s with the default policy and 6 s with this one (set before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import demo_eval
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from emoji_data import EMOJI, UNSEEN, Augment, EmojiRenders, font_sha256
 
-from varrt.export.checkpoint import save_safetensors
-from varrt.export.configs import VARConfig, VQVAEConfig
+from varrt.export.checkpoint import load_models, save_safetensors
+from varrt.export.configs import PATCH_NUMS_256, VARConfig, VQVAEConfig
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
+from varrt.runtime.sampling import SamplingConfig
 
-#: training photographs (class id = index); all ship inside scikit-image
-PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "rocket",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "camera",
-    "coins",
-    "moon",
-)
-#: photographs never trained on, for the reconstruction figure on unseen content
-UNSEEN = ("cell", "brick", "clock")
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runtime" / "data" / "demo"
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and schedule of one training run. The defaults are the committed demo model: about
-    45 minutes on 2 CPU cores (VQVAE ~18 min, VAR ~26 min, evaluation ~2 min)."""
+    """Sizes and schedule of one training run. The defaults are the committed demo model."""
 
-    image: int = 48  # crop side in pixels
-    short_side: tuple[int, int] = (80, 144)  # photos are rescaled so their short side falls in this range
-    scales: int = 6  # rescaled versions per photo
+    image: int = 64  # render side in pixels: a 16 x 16 latent at downsampling 4
+    size: tuple[float, float] = (0.78, 0.94)  # augmentation: the emoji's side / the image side
+    shift: float = 3.0  # augmentation: centre offset, +- pixels
+    rotate: float = 5.0  # augmentation: +- degrees
     vq_ch: int = 32
-    vq_ch_mult: tuple[int, ...] = (1, 1, 2)  # downsampling 4: a 12 x 12 latent for 48 px
+    vq_ch_mult: tuple[int, ...] = (1, 1, 2)
     vq_res_blocks: int = 1
     vocab: int = 1024
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12)
-    vq_steps: int = 2200
+    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    vq_steps: int = 1600
     vq_batch: int = 16
     vq_lr: float = 2e-3
     revive_every: int = 50  # restart codes unused for this many steps (until 80% of training)
+    dec_steps: int = 1000  # then the decoder alone, on the frozen tokens (the VAR's targets do not move)
+    dec_lr: float = 1e-3
     var_depth: int = 6
-    var_width: int = 192
-    var_steps: int = 1400
+    var_width: int = 128
+    var_steps: int = 1000
     var_batch: int = 16
-    var_lr: float = 1.5e-3
+    var_lr: float = 2e-3
     label_dropout: float = 0.1  # labels replaced by the null class (classifier-free guidance)
-    pool: int = 16000  # crops encoded once for VAR training
+    pool: int = 8000  # renders encoded once for VAR training
     seed: int = 0
-    # demo sampling (the figures below are measured at these settings)
+    # demo sampling (the figures are measured at these settings)
     cfg: float = 3.0
     top_k: int = 0
-    top_p: float = 0.9
+    top_p: float = 0.8
+
+    def augment(self) -> Augment:
+        return Augment(size=self.size, shift=self.shift, rotate=self.rotate)
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(cfg=self.cfg, top_k=self.top_k, top_p=self.top_p)
 
     def vqvae_config(self) -> VQVAEConfig:
         return VQVAEConfig(
@@ -97,7 +101,7 @@ class Recipe:
             width=self.var_width,
             heads=max(1, self.var_width // 64),
             patch_nums=self.patch_nums,
-            num_classes=len(PHOTOS),
+            num_classes=len(EMOJI),
             vocab_size=self.vocab,
             latent_channels=32,
             name="var-demo",
@@ -106,67 +110,20 @@ class Recipe:
 
 PRESETS = {
     "cpu": Recipe(),
+    # a GPU run: wider models, more steps and a larger pool, same data and schedule
     "gpu": Recipe(
-        image=64,
-        short_side=(112, 192),
         vq_ch=64,
         vq_ch_mult=(1, 2, 2),
         vq_res_blocks=2,
-        vocab=2048,
-        patch_nums=(1, 2, 3, 4, 6, 8, 11, 16),
         vq_steps=6000,
         vq_batch=64,
-        var_depth=12,
-        var_width=384,
-        var_steps=12000,
+        var_depth=8,
+        var_width=256,
+        var_steps=6000,
         var_batch=64,
         pool=60000,
     ),
 }
-
-
-# ------------------------------------------------------------------------------------------ data
-def load_photo(name: str) -> np.ndarray:
-    """A scikit-image sample as float32 RGB in [0, 1] (grey photos become three equal channels)."""
-    import skimage.data
-
-    img = np.asarray(getattr(skimage.data, name)())
-    if img.ndim == 2:
-        img = np.stack([img] * 3, axis=-1)
-    img = img[..., :3]
-    return img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else float(img.max() or 1))
-
-
-class Crops:
-    """Random square crops of rescaled photographs (scale jitter, no flips: a sample is a view)."""
-
-    def __init__(self, names: tuple[str, ...], recipe: Recipe) -> None:
-        self.size = recipe.image
-        lo, hi = recipe.short_side
-        self.levels: list[list[torch.Tensor]] = []
-        for name in names:
-            photo = Image.fromarray((load_photo(name) * 255).round().astype(np.uint8))
-            versions = []
-            for side in np.linspace(lo, hi, recipe.scales):
-                w, h = photo.size
-                s = side / min(w, h)
-                im = photo.resize((max(self.size, round(w * s)), max(self.size, round(h * s))), Image.LANCZOS)
-                versions.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1))
-            self.levels.append(versions)
-
-    def sample(
-        self, n: int, g: torch.Generator, labels: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if labels is None:
-            labels = torch.randint(0, len(self.levels), (n,), generator=g)
-        out = torch.empty(n, 3, self.size, self.size)
-        for i, c in enumerate(labels.tolist()):
-            versions = self.levels[c]
-            img = versions[int(torch.randint(0, len(versions), (1,), generator=g))]
-            y = int(torch.randint(0, img.shape[1] - self.size + 1, (1,), generator=g))
-            x = int(torch.randint(0, img.shape[2] - self.size + 1, (1,), generator=g))
-            out[i] = img[:, y : y + self.size, x : x + self.size]
-        return out, labels
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -176,26 +133,24 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * 0.95 + peak * 0.05 * 0.5
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean PSNR (dB) over a batch of images in [0, 1] (scikit-image's definition, per image)."""
-    from skimage.metrics import peak_signal_noise_ratio
-
-    return float(np.mean([peak_signal_noise_ratio(x.numpy(), y.numpy(), data_range=1.0) for x, y in zip(a, b)]))
-
-
 class Log:
+    """JSON lines on stdout, kept for train_log.json; wall and process (CPU) minutes on every row."""
+
     def __init__(self) -> None:
         self.rows: list[dict] = []
-        self.t0 = time.time()
+        self.t0, self.c0 = time.time(), time.process_time()
+
+    def minutes(self) -> tuple[float, float]:
+        return round((time.time() - self.t0) / 60, 2), round((time.process_time() - self.c0) / 60, 2)
 
     def __call__(self, **row) -> None:
-        row["minutes"] = round((time.time() - self.t0) / 60, 2)
+        row["minutes"], row["cpu_minutes"] = self.minutes()
         self.rows.append(row)
         print(json.dumps(row), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ stage 1
-def train_vqvae(recipe: Recipe, data: Crops, device: torch.device, log: Log) -> VQVAE:
+def train_vqvae(recipe: Recipe, data: EmojiRenders, device: torch.device, log: Log) -> VQVAE:
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     model = VQVAE(recipe.vqvae_config()).to(device).train()
@@ -207,12 +162,9 @@ def train_vqvae(recipe: Recipe, data: Crops, device: torch.device, log: Log) -> 
             group["lr"] = lr_at(step, recipe.vq_steps, recipe.vq_lr)
         x, _ = data.sample(recipe.vq_batch, g)
         x = x.to(device)
-        f = model.encode_latent(x * 2 - 1)
-        q = model.quantize.forward_train(f)
-        vq_loss = q.loss
+        q = model.quantize.forward_train(model.encode_latent(x * 2 - 1))
         y = model.decoder(model.post_quant_conv(q.f_hat)).add(1).mul(0.5)
-        rec = F.mse_loss(y, x) + 0.2 * (y - x).abs().mean()
-        loss = rec + vq_loss
+        loss = F.mse_loss(y, x) + 0.2 * (y - x).abs().mean() + q.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
@@ -229,8 +181,8 @@ def train_vqvae(recipe: Recipe, data: Crops, device: torch.device, log: Log) -> 
                 stage="vqvae",
                 step=step + 1,
                 loss=round(loss.item(), 5),
-                vq=round(vq_loss.item(), 5),
-                psnr=round(psnr(y.detach().clamp(0, 1).cpu(), x.cpu()), 2),
+                vq=round(q.loss.item(), 5),
+                psnr=round(demo_eval.psnr(y.detach().clamp(0, 1).cpu(), x.cpu()), 2),
                 dead_codes=dead_count,
             )
     return model.eval().requires_grad_(False)
@@ -239,24 +191,44 @@ def train_vqvae(recipe: Recipe, data: Crops, device: torch.device, log: Log) -> 
 @torch.no_grad()
 def _revive_codes(model: VQVAE, residuals: torch.Tensor, dead: torch.Tensor, g: torch.Generator) -> None:
     """Unused codes restart at residual vectors just quantized (keeps the whole codebook alive)."""
-    z = residuals
-    pick = torch.randint(0, z.shape[0], (len(dead),), generator=g).to(z.device)
-    model.quantize.embedding.weight[dead] = z[pick] + 0.01 * torch.randn_like(z[pick])
+    pick = torch.randint(0, residuals.shape[0], (len(dead),), generator=g).to(residuals.device)
+    noise = torch.randn(residuals[pick].shape, generator=g).to(residuals.device)
+    model.quantize.embedding.weight[dead] = residuals[pick] + 0.01 * noise
 
 
-@torch.no_grad()
-def reconstruct(model: VQVAE, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    out = []
-    for chunk in x.split(64):
-        idx = model.img_to_indices(chunk.to(device))
-        out.append(model.decode(model.quantize.indices_to_fhat(idx)).cpu())
-    return torch.cat(out)
+def finetune_decoder(recipe: Recipe, vqvae: VQVAE, data: EmojiRenders, device: torch.device, log: Log) -> VQVAE:
+    """More steps for the decoder only: encoder, codebook and Phis stay as they are, so the tokens
+    (and with them the VAR's training data) are the same whether this runs before or after the VAR."""
+    g = torch.Generator().manual_seed(recipe.seed + 4)
+    torch.manual_seed(recipe.seed + 4)
+    params = [*vqvae.decoder.parameters(), *vqvae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    vqvae.decoder.train()
+    opt = torch.optim.AdamW(params, lr=recipe.dec_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    for step in range(recipe.dec_steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.dec_steps, recipe.dec_lr)
+        x, _ = data.sample(recipe.vq_batch, g)
+        x = x.to(device)
+        with torch.no_grad():
+            f_hat = vqvae.quantize.indices_to_fhat(vqvae.img_to_indices(x))
+        y = vqvae.decoder(vqvae.post_quant_conv(f_hat)).add(1).mul(0.5)
+        loss = F.mse_loss(y, x) + 0.2 * (y - x).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        opt.step()
+        if (step + 1) % 100 == 0:
+            psnr = demo_eval.psnr(y.detach().clamp(0, 1).cpu(), x.cpu())
+            log(stage="decoder", step=step + 1, loss=round(loss.item(), 5), psnr=round(psnr, 2))
+    return vqvae.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------ stage 2
 @torch.no_grad()
 def encode_pool(
-    model: VQVAE, data: Crops, n: int, seed: int, device: torch.device
+    model: VQVAE, data: EmojiRenders, n: int, seed: int, device: torch.device
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     per_scale: list[list[torch.Tensor]] = [[] for _ in model.quantize.patch_nums]
@@ -269,36 +241,29 @@ def encode_pool(
     return [torch.cat(p) for p in per_scale], torch.cat(labels)
 
 
-def train_var(
-    recipe: Recipe,
-    vqvae: VQVAE,
-    pool: tuple[list[torch.Tensor], torch.Tensor],
-    held: tuple[list[torch.Tensor], torch.Tensor],
-    device: torch.device,
-    log: Log,
-) -> VAR:
+def train_var(recipe: Recipe, vqvae: VQVAE, pool, held, device: torch.device, log: Log) -> VAR:
     g = torch.Generator().manual_seed(recipe.seed + 1)
     torch.manual_seed(recipe.seed + 1)
     cfg = recipe.var_config()
     model = VAR(cfg).init_weights(recipe.seed).to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_" not in n and "emb" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_" not in n and "emb" not in n)]
+    decayed = lambda n, p: p.ndim >= 2 and "pos_" not in n and "emb" not in n  # noqa: E731
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
+        [
+            {"params": [p for n, p in model.named_parameters() if decayed(n, p)], "weight_decay": 0.05},
+            {"params": [p for n, p in model.named_parameters() if not decayed(n, p)], "weight_decay": 0.0},
+        ],
         lr=recipe.var_lr,
         betas=(0.9, 0.95),
     )
     quant = vqvae.quantize
     idx_pool, labels_pool = pool
-    n = labels_pool.shape[0]
     for step in range(recipe.var_steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe.var_steps, recipe.var_lr, warmup=200)
-        pick = torch.randint(0, n, (recipe.var_batch,), generator=g)
+            group["lr"] = lr_at(step, recipe.var_steps, recipe.var_lr, warmup=100)
+        pick = torch.randint(0, labels_pool.shape[0], (recipe.var_batch,), generator=g)
         idx = [p[pick].long().to(device) for p in idx_pool]
-        labels = labels_pool[pick].to(device)
-        drop = torch.rand(labels.shape, generator=g).to(device) < recipe.label_dropout
-        labels = torch.where(drop, cfg.null_class, labels)
+        drop = torch.rand(recipe.var_batch, generator=g) < recipe.label_dropout
+        labels = torch.where(drop, cfg.null_class, labels_pool[pick]).to(device)
         with torch.no_grad():
             x_in = quant.teacher_inputs(idx)
         logits = model(labels, x_in)
@@ -307,7 +272,7 @@ def train_var(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
-        if (step + 1) % 100 == 0:
+        if (step + 1) % 50 == 0:
             log(
                 stage="var",
                 step=step + 1,
@@ -318,55 +283,14 @@ def train_var(
 
 
 @torch.no_grad()
-def held_out_loss(model: VAR, quant, held, device: torch.device) -> float:
+def held_out_loss(model: VAR, quant, held, device: torch.device, n: int = 128) -> float:
     was = model.training
     model.eval()
     idx_all, labels = held
-    idx = [p[:256].long().to(device) for p in idx_all]
-    logits = model(labels[:256].to(device), quant.teacher_inputs(idx))
+    idx = [p[:n].long().to(device) for p in idx_all]
+    logits = model(labels[:n].to(device), quant.teacher_inputs(idx))
     model.train(was)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.cat(idx, 1).reshape(-1)).item()
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def sample(var: VAR, vqvae: VQVAE, labels: list[int], recipe: Recipe, seed: int, cfg: float) -> torch.Tensor:
-    from varrt.engines.torch_engine import TorchEngine
-    from varrt.runtime.generate import generate
-    from varrt.runtime.sampling import SamplingConfig
-
-    engine = TorchEngine(var, vqvae)
-    s = SamplingConfig(cfg=cfg, top_k=recipe.top_k, top_p=recipe.top_p)
-    return torch.cat(
-        [generate(engine, labels[i : i + 40], seed=seed + i, sampling=s).images for i in range(0, len(labels), 40)]
-    )
-
-
-def nearest_source(images: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor) -> torch.Tensor:
-    """The source photograph of each image's nearest training crop (L2 on 16x16 thumbnails)."""
-
-    def thumb(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=(16, 16), mode="area").flatten(1)
-
-    d = torch.cdist(thumb(images), thumb(bank))
-    return bank_labels[d.argmin(dim=1)]
-
-
-def class_consistency(var: VAR, vqvae: VQVAE, data: Crops, recipe: Recipe, cfg: float, per_class: int = 20) -> float:
-    g = torch.Generator().manual_seed(777)
-    bank, bank_labels = data.sample(400 * len(PHOTOS), g, torch.arange(len(PHOTOS)).repeat_interleave(400))
-    labels = torch.arange(len(PHOTOS)).repeat_interleave(per_class).tolist()
-    images = sample(var, vqvae, labels, recipe, seed=1000, cfg=cfg)
-    return float((nearest_source(images, bank, bank_labels) == torch.tensor(labels)).float().mean())
-
-
-def save_grid(var: VAR, vqvae: VQVAE, recipe: Recipe, path: Path, per_class: int = 8) -> None:
-    from varrt.runtime.images import grid
-
-    labels = torch.arange(len(PHOTOS)).repeat_interleave(per_class).tolist()
-    images = sample(var, vqvae, labels, recipe, seed=0, cfg=recipe.cfg)
-    big = F.interpolate(images, scale_factor=2, mode="nearest")
-    Image.fromarray(grid(big, columns=per_class)).save(path)
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -382,93 +306,227 @@ def round_to_half(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_half(state: dict, path: Path, config: dict) -> None:
-    save_safetensors(
-        {
-            k: v.half() if v.is_floating_point() and not any(x in k for x in HALF_EXEMPT) else v
-            for k, v in state.items()
-        },
-        path,
-        config,
+    half = {
+        k: v.half() if v.is_floating_point() and not any(x in k for x in HALF_EXEMPT) else v for k, v in state.items()
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_safetensors({k: v.cpu() for k, v in half.items()}, tmp, config)
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------ figures
+#: seed sets: A chooses the demo's sampling (--stage sweep), B reports at it (fresh samples)
+SEEDS_A, SEEDS_B = 1000, 5000
+CONSISTENCY_PER_CLASS = 10
+SWEEP = [(cfg, top_p) for cfg in (1.5, 2.0, 3.0, 4.0, 5.0) for top_p in (0.6, 0.8, 0.95)]
+
+
+def vqvae_metrics(recipe: Recipe, vqvae: VQVAE, data: EmojiRenders, device: torch.device) -> dict:
+    """PSNR on renders never trained on: fresh augmentations of the classes, and unseen emoji."""
+    held_x, _ = data.sample(512, torch.Generator().manual_seed(12345))
+    unseen_x, _ = EmojiRenders(UNSEEN, recipe.image, recipe.augment()).sample(256, torch.Generator().manual_seed(54321))
+    return {
+        "vqvae_psnr_heldout_renders": round(demo_eval.psnr(demo_eval.reconstruct(vqvae, held_x, device), held_x), 2),
+        "vqvae_psnr_unseen_emoji": round(demo_eval.psnr(demo_eval.reconstruct(vqvae, unseen_x, device), unseen_x), 2),
+    }
+
+
+def var_metrics(recipe: Recipe, var: VAR, vqvae: VQVAE, data: EmojiRenders, held, log: Log) -> dict:
+    device = var.head.weight.device
+    sampling = recipe.sampling()
+    metrics = {
+        "var_heldout_cross_entropy": round(held_out_loss(var, vqvae.quantize, held, device, n=256), 4),
+        "uniform_cross_entropy": round(math.log(recipe.vocab), 4),
+    }
+    for cfg in (1.0, 2.0, 4.0):
+        s = dataclasses.replace(sampling, cfg=cfg)
+        cc = demo_eval.class_consistency(var, vqvae, data, s, CONSISTENCY_PER_CLASS, seed=SEEDS_B)
+        metrics[f"class_consistency_cfg{cfg:g}"] = cc["consistency"]
+    cc = demo_eval.class_consistency(var, vqvae, data, sampling, CONSISTENCY_PER_CLASS, seed=SEEDS_B)
+    metrics["class_consistency_demo_sampling"] = cc["consistency"]
+    metrics["class_consistency_standard_error"] = cc["standard_error"]
+    metrics["class_consistency_chance"] = cc["chance"]
+    metrics["class_consistency_per_class"] = {k: round(v, 2) for k, v in cc["per_class"].items()}
+    metrics["class_consistency_note"] = (
+        f"share of samples whose nearest training render (pixel L2 on {demo_eval.THUMB}x{demo_eval.THUMB} "
+        f"thumbnails, {demo_eval.BANK_PER_CLASS} renders per class) is of the class they were sampled for; "
+        f"{CONSISTENCY_PER_CLASS} samples x {len(EMOJI)} classes from seeds {SEEDS_B}+ (a set not used to "
+        f"choose the sampling); chance {cc['chance']}; cfg1/2/4 at top_k {recipe.top_k}, top_p {recipe.top_p}"
     )
+    log(stage="var-eval", **{k: v for k, v in metrics.items() if not isinstance(v, dict | str)})
+    metrics["scale_confidence"] = demo_eval.confidence(var, vqvae, len(EMOJI), sampling, range(SEEDS_B, SEEDS_B + 4))
+    metrics["scale_confidence_note"] = (
+        "per scale, at the demo's sampling, full plan, 4 seeds x one sample per class: p_sampled = mean "
+        "probability of the drawn token under the distribution it was drawn from (CFG-mixed, top-k/top-p "
+        "filtered, renormalised); entropy = mean entropy (nats) of the CFG-mixed distribution before the "
+        f"filters (uniform: {math.log(recipe.vocab):.2f}); entropy_sampled = the same after the filters"
+    )
+    log(stage="confidence", scales=metrics["scale_confidence"])
+    return metrics
+
+
+def sweep(recipe: Recipe, var: VAR, vqvae: VQVAE, data: EmojiRenders, log: Log) -> None:
+    for cfg, top_p in SWEEP:
+        s = SamplingConfig(cfg=cfg, top_k=recipe.top_k, top_p=top_p)
+        cc = demo_eval.class_consistency(var, vqvae, data, s, CONSISTENCY_PER_CLASS, seed=SEEDS_A)
+        log(stage="sweep", cfg=cfg, top_k=recipe.top_k, top_p=top_p, consistency=cc["consistency"])
+
+
+def write_demo(recipe: Recipe, out: Path, metrics: dict, trained_with: dict) -> None:
+    demo = {
+        "classes": [name for name, _ in EMOJI],
+        "emoji": [f"U+{code:04X}" for _, code in EMOJI],
+        "sampling": {"cfg": recipe.cfg, "top_k": recipe.top_k, "top_p": recipe.top_p},
+        "recipe": dataclasses.asdict(recipe),
+        "metrics": metrics,
+        "trained_with": trained_with,
+    }
+    tmp = out / "demo.json.tmp"
+    tmp.write_text(json.dumps(demo, indent=1))
+    tmp.replace(out / "demo.json")
 
 
 # ------------------------------------------------------------------------------------------ main
+def parse_recipe(recipe: Recipe, overrides: list[str]) -> Recipe:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in {f.name for f in dataclasses.fields(Recipe)}:
+            raise SystemExit(f"--set {item}: no recipe field {key!r}")
+        kind = type(getattr(recipe, key))
+        recipe = dataclasses.replace(recipe, **{key: tuple(json.loads(value)) if kind is tuple else kind(value)})
+    return recipe
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "runtime" / "data" / "demo")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a recipe field, e.g. --set vq_steps=200 (for experiments)",
-    )
-    p.add_argument("--stage", choices=["all", "vqvae"], default="all")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2: the committed model's)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a recipe field")
+    p.add_argument("--stage", choices=["all", "vqvae", "var", "decoder", "eval", "sweep"], default="all")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = PRESETS[args.preset]
-    for item in args.set:
-        key, value = item.split("=", 1)
-        kind = type(getattr(recipe, key))
-        recipe = dataclasses.replace(recipe, **{key: tuple(json.loads(value)) if kind is tuple else kind(value)})
+    if args.stage in ("decoder", "eval", "sweep") and (args.out / "demo.json").exists():
+        saved = json.loads((args.out / "demo.json").read_text())["recipe"]  # the checkpoints' own recipe
+        recipe = Recipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    recipe = parse_recipe(recipe, args.set)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is False)")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log = Log()
-    log(
-        stage="start",
-        recipe=dataclasses.asdict(recipe),
-        torch=torch.__version__,
-        device=str(device),
-        threads=args.threads,
-    )
+    data = EmojiRenders(EMOJI, recipe.image, recipe.augment())
+    if args.stage == "decoder":
+        return resume_decoder(recipe, out, data, device, log)
+    if args.stage in ("eval", "sweep"):
+        return evaluate_saved(recipe, out, data, device, log, sweep_only=args.stage == "sweep")
 
-    data = Crops(PHOTOS, recipe)
-    # the demo ships fp16 weights: each stage is rounded and saved as soon as it is trained, and every
-    # figure below is of the shipped weights
-    vqvae = round_to_half(train_vqvae(recipe, data, device, log))
-    save_half(vqvae.state_dict(), out / "vqvae.safetensors", {"vqvae": vqvae.cfg.to_dict()})
-    held_x, _ = data.sample(512, torch.Generator().manual_seed(12345))
-    unseen_x, _ = Crops(UNSEEN, recipe).sample(256, torch.Generator().manual_seed(54321))
-    metrics = {
-        "vqvae_psnr_heldout_crops": round(psnr(reconstruct(vqvae, held_x, device), held_x), 2),
-        "vqvae_psnr_unseen_photos": round(psnr(reconstruct(vqvae, unseen_x, device), unseen_x), 2),
-    }
-    log(stage="vqvae-eval", **metrics)
+    log(stage="start", recipe=dataclasses.asdict(recipe), torch=torch.__version__, device=str(device),
+        threads=args.threads, font_sha256=font_sha256(), stage_run=args.stage)  # fmt: skip
+    if args.stage == "var":
+        vqvae = trained_vqvae(recipe, out, device)
+        metrics = vqvae_metrics(recipe, vqvae, data, device)
+        log(stage="vqvae-eval", **metrics)
+    else:
+        # the demo ships fp16 weights: each stage is rounded and saved as soon as it is trained, and
+        # every figure is of the shipped weights
+        vqvae = round_to_half(train_vqvae(recipe, data, device, log))
+        vqvae, metrics = decoder_stage(recipe, vqvae, data, device, log, out)
+    vq_minutes = log.minutes()
     if args.stage == "vqvae":
         return 0
 
     pool = encode_pool(vqvae, data, recipe.pool, recipe.seed + 2, device)
     held = encode_pool(vqvae, data, 256, recipe.seed + 3, device)
-    log(stage="pool", crops=recipe.pool)
-    var = round_to_half(train_var(recipe, vqvae, pool, held, device, log)).cpu()
+    log(stage="pool", renders=recipe.pool)
+    var = round_to_half(train_var(recipe, vqvae, pool, held, device, log))
     save_half(var.state_dict(), out / "var.safetensors", {"var": var.cfg.to_dict()})
-    vqvae = vqvae.cpu()
-    metrics["var_heldout_cross_entropy"] = round(held_out_loss(var, vqvae.quantize, held, torch.device("cpu")), 4)
-    metrics["uniform_cross_entropy"] = round(math.log(recipe.vocab), 4)
-    for cfg in sorted({1.0, 2.0, 4.0, recipe.cfg}):
-        metrics[f"class_consistency_cfg{cfg:g}"] = round(class_consistency(var, vqvae, data, recipe, cfg), 3)
-    log(stage="var-eval", **metrics)
-
-    save_grid(var, vqvae, recipe, out / "samples.png")
-    demo = {
-        "classes": list(PHOTOS),
-        "sampling": {"cfg": recipe.cfg, "top_k": recipe.top_k, "top_p": recipe.top_p},
-        "recipe": dataclasses.asdict(recipe),
-        "metrics": metrics,
-        "trained_with": {
-            "device": str(device),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "minutes": round((time.time() - log.t0) / 60, 1),
-            "command": "python tools/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        },
+    train_minutes = log.minutes()
+    (out / "train_log.json").write_text(json.dumps(log.rows, indent=0))  # again, with the figures, at the end
+    metrics.update(var_metrics(recipe, var, vqvae, data, held, log))
+    demo_eval.save_grid(var, vqvae, data.names, recipe.sampling(), out / "samples.png", per_class=8)
+    trained_with = {
+        "device": str(device),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "font": "fonts-noto-color-emoji, NotoColorEmoji.ttf sha256 " + font_sha256(),
+        "minutes_vqvae": vq_minutes[0],
+        "minutes_training": train_minutes[0],
+        "cpu_minutes_training": train_minutes[1],
+        "minutes_total": log.minutes()[0],
+        "command": "python tools/train.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
-    (out / "demo.json").write_text(json.dumps(demo, indent=1))
+    write_demo(recipe, out, metrics, trained_with)
     (out / "train_log.json").write_text(json.dumps(log.rows, indent=0))
+    log(stage="done", out=str(out))
+    return 0
+
+
+def decoder_stage(recipe: Recipe, vqvae: VQVAE, data: EmojiRenders, device: torch.device, log: Log, out: Path):
+    """The decoder-only steps (when the recipe has any), then the shipped VQVAE and its figures."""
+    metrics = vqvae_metrics(recipe, vqvae, data, device)
+    log(stage="vqvae-eval", **metrics)
+    if recipe.dec_steps:
+        metrics = {f"{k}_before_decoder_steps": v for k, v in metrics.items()}
+        vqvae = round_to_half(finetune_decoder(recipe, vqvae, data, device, log))
+        metrics.update(vqvae_metrics(recipe, vqvae, data, device))
+        log(stage="decoder-eval", **metrics)
+    save_half(vqvae.state_dict(), out / "vqvae.safetensors", {"vqvae": vqvae.cfg.to_dict()})
+    return vqvae, metrics
+
+
+def trained_vqvae(recipe: Recipe, out: Path, device: torch.device) -> VQVAE:
+    """``--stage var``: the VQVAE that ``--stage vqvae`` (same recipe) left in ``out``.
+
+    fp16 on disk equals the rounded model in memory, and the VAR's tokens come from the encoder and
+    codebook alone, so the VAR trained on it is the one a whole run trains (tested)."""
+    from varrt.export.checkpoint import load_vqvae
+
+    path = out / "vqvae.safetensors"
+    if not path.exists():
+        raise SystemExit(f"--stage var: {path} is missing; train it first with --stage vqvae --out {out}")
+    vqvae = load_vqvae(path, patch_nums=recipe.patch_nums, device=device)
+    if vqvae.cfg != recipe.vqvae_config():
+        raise SystemExit(f"--stage var: {path} is not this recipe's VQVAE; pass the --preset/--set it was trained with")
+    return vqvae
+
+
+def resume_decoder(recipe: Recipe, out: Path, data: EmojiRenders, device: torch.device, log: Log) -> int:
+    """``--stage decoder``: the decoder-only steps on the VQVAE in ``out`` (trained without them).
+
+    The result equals a run with these steps from the start (the tokens do not depend on the
+    decoder): demo.json and train_log.json get the new figures and log rows."""
+    from varrt.export.checkpoint import load_vqvae
+
+    vqvae = load_vqvae(out / "vqvae.safetensors", patch_nums=recipe.patch_nums, device=device)
+    _, metrics = decoder_stage(recipe, vqvae, data, device, log, out)
+    if (out / "demo.json").exists():
+        demo = json.loads((out / "demo.json").read_text())
+        demo["recipe"] = dataclasses.asdict(recipe)
+        demo["metrics"] = {**metrics, **{k: v for k, v in demo["metrics"].items() if not k.startswith("vqvae_")}}
+        demo["metrics_note"] = "VAR figures of the decoder before these steps: run --stage eval"
+        demo["trained_with"]["minutes_decoder_steps"] = log.minutes()[0]
+        (out / "demo.json").write_text(json.dumps(demo, indent=1))
+    rows = json.loads((out / "train_log.json").read_text()) if (out / "train_log.json").exists() else []
+    (out / "train_log.json").write_text(json.dumps(rows + log.rows, indent=0))
+    return 0
+
+
+def evaluate_saved(recipe: Recipe, out: Path, data: EmojiRenders, device: torch.device, log: Log, sweep_only: bool):
+    """The figures of the checkpoints already in ``out`` (demo.json keeps its trained_with)."""
+    var, vqvae = load_models(out / "var.safetensors", out / "vqvae.safetensors", device=device)
+    if sweep_only:
+        sweep(recipe, var, vqvae, data, log)
+        return 0
+    held = encode_pool(vqvae, data, 256, recipe.seed + 3, device)
+    metrics = {**vqvae_metrics(recipe, vqvae, data, device), **var_metrics(recipe, var, vqvae, data, held, log)}
+    demo_eval.save_grid(var, vqvae, data.names, recipe.sampling(), out / "samples.png", per_class=8)
+    old = json.loads((out / "demo.json").read_text()) if (out / "demo.json").exists() else {}
+    before = {k: v for k, v in old.get("metrics", {}).items() if k.endswith("_before_decoder_steps")}
+    write_demo(recipe, out, {**before, **metrics}, old.get("trained_with", {}))
     log(stage="done", out=str(out))
     return 0
 
