@@ -59,9 +59,9 @@ def run_scales(run, cfg, sched, scales: int, cond: dict, inputs: list[torch.Tens
     kv_bias = torch.full((cap,), -torch.inf)
     seconds, logits, slot = [], [], 0
     for si in range(scales):
-        n = sched.tokens(si)
-        spec = infinity_transformer_spec(cfg, TextStepShape(rows, n, n, cap, text=lt))
-        feeds = step_feeds(cfg, sched, si, cond, kv, kv_bias, inputs[si])
+        n, past = sched.tokens(si), max(1, slot)
+        spec = infinity_transformer_spec(cfg, TextStepShape(rows, n, n, cap, past=past, text=lt))
+        feeds = step_feeds(cfg, sched, si, cond, kv, kv_bias[:past], inputs[si])
         t0 = time.perf_counter()
         out = run(spec, feeds)
         seconds.append(time.perf_counter() - t0)
@@ -117,7 +117,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="varrt-bench-"))
     graphs = [cond_spec] + [
-        infinity_transformer_spec(cfg, TextStepShape(rows, sched.tokens(si), sched.tokens(si), cap, text=lt))
+        infinity_transformer_spec(
+            cfg,
+            TextStepShape(rows, sched.tokens(si), sched.tokens(si), cap, past=max(1, sched.begin_ends[si][0]), text=lt),
+        )
         for si in range(args.scales)
     ]
     t0 = time.perf_counter()

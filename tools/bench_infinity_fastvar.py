@@ -61,12 +61,14 @@ def main() -> None:
                 raise SystemExit(f"scale {si} {sched.grids[si]}: the published FastVAR plan does not prune it")
             n = sched.tokens(si)
             graphs = {
-                "full": infinity_step_spec(cfg, TextStepShape(fast_shape.rows, n, n, cap, text=lt)),
+                "full": infinity_step_spec(
+                    cfg, TextStepShape(fast_shape.rows, n, n, cap, past=fast_shape.past, text=lt)
+                ),
                 "fastvar": infinity_step_spec(cfg, fast_shape),
                 "fastvar+deltas": infinity_step_spec(cfg, replace(fast_shape, returns_deltas=True)),
             }
             modules = {
-                k: infinity_graph_module(g.component, model, None, None, g.blocks, g.returns_deltas)
+                k: infinity_graph_module(g.component, model, None, None, g.blocks, g.output_names)
                 for k, g in graphs.items()
             }
             feeds = {k: random_feeds(g, sched.total_tokens, 0, seed=si) for k, g in graphs.items()}
@@ -75,7 +77,7 @@ def main() -> None:
             # the cache holds every earlier scale's tokens, as in a real generation
             earlier = sum(sched.tokens(s) for s in range(si))
             for k, g in graphs.items():
-                live = (torch.arange(cap) < earlier).float().log()
+                live = (torch.arange(fast_shape.past) < earlier).float().log()
                 feeds[k]["kv_bias"] = live.expand(g.input("kv_bias").shape).contiguous()
             times: dict[str, list[float]] = {k: [] for k in graphs}
             for r in range(args.warmup + args.repeat):

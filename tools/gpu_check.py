@@ -17,6 +17,8 @@ skipped, so one call fits in 8 minutes):
    near the identity; warm-up and repeats, median and spread; peak memory of each engine.
 4. tensorrt: only when TensorRT imports: a tiny export built with TF32 off, per-graph numerics
    and tokens vs eager torch on the GPU.
+5. infinity_parity, infinity_timings: the same two checks for Infinity (``--infinity-model``,
+   default infinity-2b in bf16; ``tools/gpu_check_infinity.py``).
 
 Random weights: timings and parity only; they say nothing about image fidelity.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
@@ -34,12 +37,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny models for the TensorRT section
+sys.path.insert(0, str(ROOT / "tools"))  # the Infinity sections
+
+import gpu_check_infinity as infinity  # noqa: E402
+from gpu_timing import side_by_side, table_lines  # noqa: E402
 
 from varrt.engines.cuda_graphs import BufferPool  # noqa: E402
 from varrt.engines.torch_engine import TorchEngine  # noqa: E402
 from varrt.export.checkpoint import perturb, random_models  # noqa: E402
 from varrt.export.exporter import precision_models  # noqa: E402
-from varrt.runtime.bench import provenance, stats, write_results  # noqa: E402
+from varrt.runtime.bench import provenance, write_results  # noqa: E402
 from varrt.runtime.generate import generate  # noqa: E402
 from varrt.runtime.plan import Plan  # noqa: E402
 from varrt.runtime.policies import Policy, StaticPolicy  # noqa: E402
@@ -160,26 +167,9 @@ def timings(models, args, device, stand_in: bool, budget: Budget) -> list[dict]:
             if budget.left() < 30:
                 out.append({"precision": precision, "batch": batch, "skipped": "time budget"})
                 continue
-            runs: dict[str, list] = {k: [] for k in engines}
-            peak: dict[str, int] = {}
-            for i in range(args.warmup + args.repeat):
-                for name, engine in engines.items():  # alternated: side by side in one run
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    r = generate(engine, labels_for(batch), seed=i)
-                    if device.type == "cuda":
-                        peak[name] = max(peak.get(name, 0), torch.cuda.max_memory_allocated(device))
-                    if i >= args.warmup:
-                        runs[name].append([*r.scale_seconds, r.seconds["total"]])
             row = {"precision": precision, "batch": batch}
-            for name, rs in runs.items():
-                n = len(rs[0]) - 1
-                row[name] = {
-                    "scales_ms": [stats([r[si] * 1e3 for r in rs]) for si in range(n)],
-                    "total_ms": stats([r[-1] * 1e3 for r in rs]),
-                    "peak_allocated_bytes": peak.get(name),
-                }
-            row["speedup_total"] = row["torch"]["total_ms"]["median"] / row["torch-graph"]["total_ms"]["median"]
+            generate_one = lambda engine, i, b=batch: generate(engine, labels_for(b), seed=i)  # noqa: E731
+            row.update(side_by_side(engines, generate_one, device, args.warmup, args.repeat))
             out.append(row)
         graph_engine = engines["torch-graph"]
         if hasattr(graph_engine, "memory"):
@@ -256,19 +246,10 @@ def summary(r: dict) -> str:
             lines.append(f"- {json.dumps(t)}")
             continue
         lines.append(f"### {t['precision']}, batch {t['batch']}: speed-up {t['speedup_total']:.2f}x")
-        lines += ["", "| scale | torch | torch-graph |", "|---|---|---|"]
-        for si, (a, b) in enumerate(zip(t["torch"]["scales_ms"], t["torch-graph"]["scales_ms"])):
-            lines.append(f"| {si} | {_ms(a)} | {_ms(b)} |")
-        a, b = t["torch"]["total_ms"], t["torch-graph"]["total_ms"]
-        lines.append(f"| total | {a['median']:.1f} | {b['median']:.1f} |")
-        peaks = {k: t[k]["peak_allocated_bytes"] for k in ("torch", "torch-graph")}
-        lines.append(f"\npeak allocated bytes: {peaks}\n")
+        lines += ["", *table_lines(t)]
+    lines += infinity.summary_lines(r)
     lines += ["", f"## TensorRT: {json.dumps(r.get('tensorrt'))}", "", f"skipped sections: {r['skipped'] or 'none'}"]
     return "\n".join(lines) + "\n"
-
-
-def _ms(s: dict) -> str:
-    return f"{s['median']:.2f} [{s['p10']:.2f}, {s['p90']:.2f}]"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -285,10 +266,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=420.0)
+    p.add_argument("--infinity-model", help="Infinity model (default infinity-2b; dry run 'tiny'; 'none': skip)")
+    p.add_argument("--infinity-pn", default="1M", help="Infinity schedule size (0.06M ... 1M)")
+    p.add_argument("--infinity-precisions", default="bfloat16")
+    p.add_argument("--infinity-policies", default="full,fastvar")
+    p.add_argument("--infinity-batch", type=int, default=1)
     args = p.parse_args(argv)
     split = lambda s, f=str: [f(v) for v in s.split(",") if v]  # noqa: E731
     args.precisions, args.timing_precisions = split(args.precisions), split(args.timing_precisions)
     args.batches, args.timing_batches = split(args.batches, int), split(args.timing_batches, int)
+    args.infinity_precisions, args.infinity_policies = split(args.infinity_precisions), split(args.infinity_policies)
+    args.infinity_model = args.infinity_model or ("tiny" if args.dry_run else "infinity-2b")
     args.model = args.model or ("tiny" if args.dry_run else "var-d16")
     args.parity_model = args.parity_model or args.model
     return args
@@ -307,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(0) if on_gpu else "cpu",
         "model": args.model,
         "parity_model": args.parity_model,
+        "infinity_model": args.infinity_model,
         "weights": "random, perturbed (std 0.02)",
         "provenance": provenance(args.warmup, args.repeat),
         "skipped": [],
@@ -328,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         ("timings", lambda: timings(models(args.model), args, device, stand_in, budget)),
         ("tensorrt", lambda: tensorrt_section(device)),
     ]
+    if args.infinity_model != "none":
+        inf = functools.cache(lambda: infinity.infinity_models(args.infinity_model, args.infinity_pn))
+        sections += [
+            ("infinity_parity", lambda: infinity.parity(inf(), args, device, stand_in)),
+            ("infinity_timings", lambda: infinity.timings(inf(), args, device, stand_in, budget)),
+        ]
     for name, run in sections:
         if budget.left() <= 0:
             result["skipped"].append(name)

@@ -10,12 +10,13 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-check-$(date -u +%Y%m%d-%H%M)}"
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 mkdir -p "$OUT"
-timeout 420 "$PY" tools/gpu_check.py --out "$OUT" "$@"
+timeout "${GPU_CHECK_TIMEOUT_S:-420}" "$PY" tools/gpu_check.py --out "$OUT" "$@"
 if command -v nsys >/dev/null 2>&1 && [[ " $* " != *" --dry-run "* ]]; then
     # a short second run under Nsight Systems: NVTX ranges {graph}/{component} per engine call
     timeout 90 nsys profile -t cuda,nvtx -o "$OUT/nsys-trace" --force-overwrite true \
         "$PY" tools/gpu_check.py --out "$OUT/nsys-run" --precisions float16 --batches 1 \
-        --timing-precisions float16 --timing-batches 1 --repeat 2 --generations 2 --budget-s 60 >/dev/null 2>&1 || true
+        --timing-precisions float16 --timing-batches 1 --repeat 2 --generations 2 --budget-s 60 \
+        --infinity-model none >/dev/null 2>&1 || true
     if [ -f "$OUT/nsys-trace.nsys-rep" ]; then
         timeout 40 nsys stats --report cuda_gpu_kern_sum,nvtx_sum --format csv "$OUT/nsys-trace.nsys-rep" \
             > "$OUT/nsys-summary.txt" 2>&1 || true
