@@ -13,7 +13,7 @@ EXTRAS ?= $(if $(GPU),dev$(comma)gpu,dev$(comma)cpu)
 comma  := ,
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test test-slow readme lint clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/varrt demo
 
+# the suite (under 10 minutes on 2 cores); the slowest tests it prints are the ones to keep an eye on
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+# real-size smoke tests and the longest end-to-end runs (CI runs them as a step of their own)
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --durations=15
+
+readme: $(STAMP)
+	$(BIN)/python -m pytest -q -m readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import FIXTURES, REFERENCE, budget_plan_file, need_shared, tiny_source, tiny_var, tiny_vqvae
+from helpers import (
+    FIXTURES,
+    REFERENCE,
+    budget_plan_file,
+    layer_set_plan_file,
+    need_shared,
+    tiny_source,
+    tiny_var,
+    tiny_vqvae,
+)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -53,8 +62,14 @@ def plan_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def policy_artifact(tmp_path_factory, tiny_models, plan_file) -> Path:
-    """Every policy's graphs for batch 2 in one artifact (full, FastVAR, SkipVAR, a plan file)."""
+def layer_plan_file(tmp_path_factory) -> Path:
+    return layer_set_plan_file(tmp_path_factory.mktemp("plans") / "layers.json")
+
+
+@pytest.fixture(scope="session")
+def policy_artifact(tmp_path_factory, tiny_models, plan_file, layer_plan_file) -> Path:
+    """Every policy's graphs for batch 3 in one artifact (full, FastVAR, SkipVAR, plan files): a
+    split batch runs at the bucketed group sizes 1 and 3 (a group of 2 runs padded)."""
     from varrt.export.exporter import ExportConfig
     from varrt.runtime.artifacts import ExportRequest, ensure_artifact
 
@@ -64,13 +79,15 @@ def policy_artifact(tmp_path_factory, tiny_models, plan_file) -> Path:
         "fastvar",
         "skipvar",
         str(plan_file),
+        str(layer_plan_file),  # a layer-set graph
         "ld-pruning",
         "stepvar",
-        "toprovar:skip=1",  # with the layer dimension: a layer-set graph
+        "toprovar",  # its own graph: in-graph selection after block 0
         "stagevar",
+        "stagevar:skip=1,lowrank=7",  # two low-rank scales: the second restores from the first
         "skipvar+stepvar",
     )
-    return ensure_artifact(ExportRequest(tiny_source(), specs, 2, ExportConfig()), lambda: tiny_models, out=out)
+    return ensure_artifact(ExportRequest(tiny_source(), specs, 3, ExportConfig()), lambda: tiny_models, out=out)
 
 
 @pytest.fixture(scope="session")
@@ -102,4 +119,15 @@ def infinity_artifact(tmp_path_factory, tiny_infinity_models) -> Path:
 #: SkipVAR on the 7-scale tiny schedule: decide after scale 3, decode at scale 2's grid
 INFINITY_SKIPVAR = "skipvar:decision=3,grid=2"
 #: every policy on the tiny Infinity (7 scales, 4 blocks), with their defaults
-INFINITY_POLICIES = ("full", INFINITY_SKIPVAR, "fastvar", "ld-pruning", "stepvar", "toprovar:skip=1", "stagevar")
+#: ToProVAR with a budget per block (blocks 1-3 of the tiny Infinity's 4 prune 3 different shares)
+INFINITY_TOPROVAR = "toprovar:layer_score=1/1/0.5/2"
+INFINITY_POLICIES = (
+    "full",
+    INFINITY_SKIPVAR,
+    "fastvar",
+    "ld-pruning",
+    "stepvar",
+    INFINITY_TOPROVAR,
+    "stagevar",  # 8x8 low-rank in four chunks of one block, unconditional; 12x12 and 16x16 not run
+    "stagevar:branch=cond",
+)

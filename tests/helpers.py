@@ -57,9 +57,13 @@ def tiny_vqvae(patch_nums=PATCH_NUMS_256, vocab: int = 4096) -> VQVAE:
     return VQVAE(cfg).eval().requires_grad_(False)
 
 
-def tiny_source(depth: int = 2, seed: int = 0) -> dict:
-    """An export 'source' for the helpers' tiny models (they are not a released recipe)."""
-    return {"random_weights": {"model": f"tests.helpers.tiny_var(depth={depth}, seed={seed}) + tiny_vqvae()"}}
+def tiny_source(depth: int = 2, seed: int = 0, patch_nums=PATCH_NUMS_256) -> dict:
+    """An export 'source' for the helpers' tiny models (they are not a released recipe). It names
+    everything that makes the weights differ: exports of one source share a component pack, so two
+    models under one source would be served each other's traced graphs."""
+    pn = "" if tuple(patch_nums) == tuple(PATCH_NUMS_256) else f"patch_nums={tuple(patch_nums)}"
+    var = ", ".join(x for x in (f"depth={depth}, seed={seed}", pn) if x)
+    return {"random_weights": {"model": f"tests.helpers.tiny_var({var}) + tiny_vqvae({pn})"}}
 
 
 def budget_plan_file(path: Path) -> Path:
@@ -73,6 +77,16 @@ def budget_plan_file(path: Path) -> Path:
         {"cfg": "cond", "budget": 128, "restore": "cache"},
     ]
     path.write_text(json.dumps({"name": "budgets", "scales": scales}))
+    return path
+
+
+def layer_set_plan_file(path: Path) -> Path:
+    """A user plan on the 10-scale schedule of a depth-2 model whose last two scales run block 0
+    only (block 1 adds its keys and values): a layer-set graph."""
+    import json
+
+    scales = [{} for _ in range(8)] + [{"layers": [0]}, {"layers": [0]}]
+    path.write_text(json.dumps({"name": "layers", "scales": scales}))
     return path
 
 
