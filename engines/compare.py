@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -144,6 +144,26 @@ def compare(
             scale = r.abs().max().item() if r.numel() else 0.0
             out.append(Difference(graph.name, spec.name, diff, diff / max(scale, 1e-12), bad))
     return out
+
+
+#: the symbolic dims that count requests (CFG rows, decoded images)
+BATCH_DIMS = ("rows", "batch")
+
+
+def fewer_rows(graph: GraphSpec, declared: Mapping[str, Sequence], limit: int) -> GraphSpec:
+    """``graph`` with every dim its ONNX file declares as a batch dim (``declared``: each tensor's
+    shape with symbolic dims named, :meth:`OrtEngine.declared_shapes`) cut to at most ``limit``.
+    Rows are independent in every graph, so a few of them check the same ops, weights and numerics
+    as hundreds; the static shapes themselves are checked by shape inference at export."""
+
+    def cut(spec):
+        dims = declared.get(spec.name, ())
+        if len(dims) != len(spec.shape):
+            return spec
+        shape = tuple(min(n, limit) if d in BATCH_DIMS else n for n, d in zip(spec.shape, dims))
+        return replace(spec, shape=shape)
+
+    return replace(graph, inputs=tuple(map(cut, graph.inputs)), outputs=tuple(map(cut, graph.outputs)))
 
 
 def slot_order_free(new_kv: Tensor) -> Tensor:

@@ -126,6 +126,12 @@ class OrtEngine:
             for t in specs
         )
 
+    def declared_shapes(self, component: str) -> dict[str, tuple]:
+        """Each input's and output's shape as the component's ONNX file declares it: ints for fixed
+        dims, names for symbolic ones ('rows', 'batch', 'tokens', ...)."""
+        sess = self.sessions[component]
+        return {a.name: tuple(a.shape) for a in (*sess.get_inputs(), *sess.get_outputs())}
+
     def end_profiling(self) -> dict[str, Path]:
         """Stop profiling (an engine made with ``profile``): the profile file of each component."""
         return {comp: Path(sess.end_profiling()) for comp, sess in self.sessions.items()}

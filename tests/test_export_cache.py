@@ -110,6 +110,46 @@ def test_an_unvalidated_export_is_validated_before_it_is_reused(tmp_path, tiny_a
     ensure_artifact(FULL_B1, no_load, out=out)  # validated now: reused as it is
 
 
+class RecordingTorch(TorchEngine):
+    """Eager torch that records the shape of every feed it is given."""
+
+    def __init__(self, *models) -> None:
+        super().__init__(*models)
+        self.seen: dict[str, dict[str, tuple]] = {}
+
+    def run(self, graph, feeds):
+        self.seen[graph.name] = {k: tuple(v.shape) for k, v in feeds.items()}
+        return super().run(graph, feeds)
+
+
+def test_validation_runs_every_graph_at_a_few_rows_whatever_the_batch(tmp_path, tiny_artifact, tiny_models):
+    """A batch-256 demo export validated at its own 512 rows took ONNX Runtime past 24 GB; rows
+    are independent, so each graph is checked at no more than VALIDATION_ROWS of them."""
+    from varrt.runtime.artifacts import VALIDATION_ROWS
+
+    batch = 5  # 10 CFG rows
+    request = ExportRequest(tiny_source(), ("full", "fastvar", "skipvar"), batch, ExportConfig())
+    out = ensure_artifact(request, lambda: tiny_models, out=tmp_path / "art", validate=False)
+    m = read_manifest(out)
+    torch_ = RecordingTorch(*tiny_models)
+    parity = validate_parity(out, torch_, m, lambda _m: None)
+    assert set(torch_.seen) == {g.name for g in m.graphs}  # every graph of the artifact
+    assert max(parity["max_relative_error"].values()) <= 1e-4
+    assert f"at most {VALIDATION_ROWS} rows" in parity["inputs"]
+    declared = OrtEngine(out, verify=False).declared_shapes  # the ONNX files' own dim names
+    cut, big = set(), set()
+    for g in m.graphs:
+        dims = declared(g.component)
+        for t in g.inputs:
+            named = list(zip(t.shape, dims[t.name]))
+            batch_dims = [n for n, d in named if d in ("rows", "batch")]
+            want = tuple(min(n, VALIDATION_ROWS) if d in ("rows", "batch") else n for n, d in named)
+            assert torch_.seen[g.name][t.name] == want, (g.name, t.name)  # only batch dims cut
+            cut |= {g.name} if want != t.shape else set()
+            big |= {g.name} if any(n > VALIDATION_ROWS for n in batch_dims) else set()
+    assert cut == big and f"conditioner_r{2 * batch}" in big
+
+
 # ------------------------------------------------------------------------------------ NaN / Inf
 def poisoned_copy(tiny_artifact: Path, dst: Path) -> Path:
     """The tiny artifact with its class embedding (a conditioner weight) set to NaN in weights.bin,
