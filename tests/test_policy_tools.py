@@ -58,3 +58,21 @@ def test_table_rows_from_a_bench_report(tiny_models):
     combined = {**report, "demo": {"report": report, "rows": rows}, "var-d16": None, "sweep_points": {}}
     text = policy_table.markdown(combined)
     assert "| `stepvar` | " in text and "var-d16 size: not run in this table (`--no-d16`)." in text
+
+
+def test_matched_flops_groups_policies_of_the_same_cost_and_names_the_spread():
+    rows = {
+        "full": {"flops_ratio": 1.0, "ssim": 1.0},
+        "a": {"flops_ratio": 0.46, "ssim": 0.73},
+        "b": {"flops_ratio": 0.50, "ssim": 0.70},
+        "c": {"flops_ratio": 0.53, "ssim": 0.78},  # 0.07 above a, its group's first: starts its own
+        "d": {"flops_ratio": 0.69, "ssim": 0.74},  # alone: no group
+        "e": {"flops_ratio": 0.60},  # no fidelity: left out
+    }
+    groups = policy_table.matched_flops(rows, window=0.05)
+    assert [g["policies"] for g in groups] == [["a", "b"]]  # greedy from the cheapest: c starts its own
+    (g,) = groups
+    assert (g["best"], g["worst"]) == ("a", "b") and abs(g["spread"] - 0.03) < 1e-12
+    text = "\n".join(policy_table.matched_lines(groups))
+    assert "| 0.460-0.500 | `a`, `b` | `a` (0.7300) | `b` (0.7000) | 0.0300 |" in text
+    assert "no matched-cost" in "\n".join(policy_table.matched_lines([]))

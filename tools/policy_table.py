@@ -63,6 +63,60 @@ def rows(report: dict) -> dict[str, dict]:
     return out
 
 
+#: FLOPs ratios within this of each other count as matched (the grid's budgets are 0.1 keep apart)
+MATCHED_FLOPS = 0.05
+
+
+def matched_flops(table_rows: dict[str, dict], window: float = MATCHED_FLOPS) -> list[dict]:
+    """Groups of policies at matched cost: sorted by FLOPs ratio, a group grows while its FLOPs span
+    stays within ``window``; per group of two or more with SSIM, the best and the worst policy and
+    the spread of their mean SSIM. This is the figure that says whether the demo model's fidelity
+    separates a faithful policy from a careless one at the same cost."""
+    ranked = sorted(
+        ((r["flops_ratio"], name, r["ssim"]) for name, r in table_rows.items() if "ssim" in r and name != "full"),
+    )
+    groups: list[list[tuple]] = []
+    for entry in ranked:
+        if groups and entry[0] - groups[-1][0][0] <= window:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    out = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        best, worst = max(g, key=lambda e: e[2]), min(g, key=lambda e: e[2])
+        out.append(
+            {
+                "flops": [g[0][0], g[-1][0]],
+                "policies": [e[1] for e in g],
+                "best": best[1],
+                "best_ssim": best[2],
+                "worst": worst[1],
+                "worst_ssim": worst[2],
+                "spread": best[2] - worst[2],
+            }
+        )
+    return out
+
+
+def matched_lines(groups: list[dict]) -> list[str]:
+    if not groups:
+        return [f"No two policies within {MATCHED_FLOPS} of each other in FLOPs: no matched-cost comparison.", ""]
+    lines = [
+        f"### At matched FLOPs (ratios within {MATCHED_FLOPS} of each other)",
+        "",
+        "| FLOPs vs full | policies | best (SSIM) | worst (SSIM) | spread |",
+        "|---|---|---|---|---|",
+    ]
+    for g in groups:
+        lines.append(
+            f"| {g['flops'][0]:.3f}-{g['flops'][1]:.3f} | {', '.join(f'`{p}`' for p in g['policies'])} | "
+            f"`{g['best']}` ({g['best_ssim']:.4f}) | `{g['worst']}` ({g['worst_ssim']:.4f}) | {g['spread']:.4f} |"
+        )
+    return [*lines, ""]
+
+
 def header(report: dict) -> list[str]:
     model = report["model"]
     return [
@@ -108,6 +162,7 @@ def markdown(combined: dict) -> str:
             combined["sweep_points"],
             True,
         ),
+        *matched_lines(matched_flops(combined["demo"]["rows"])),
     ]
     if combined.get("var-d16"):
         lines += table(
@@ -177,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": str(args.sweep) if points else None,
         "sweep_points": points,
     }
+    combined["demo"]["matched_flops"] = matched_flops(combined["demo"]["rows"])
     paths = write_results(
         args.out_dir / args.name, {".json": json.dumps(combined, indent=1), ".md": markdown(combined)}
     )
