@@ -131,22 +131,46 @@ def test_frequency_features():
     assert high_frequency_difference(checker, checker).item() == 0.0
 
 
+def expected_strategies(models: dict, x: np.ndarray) -> np.ndarray:
+    """SkipVAR's two logistic regressions computed independently, in numpy: the strategy index
+    (0 base, 1-3 skip k, 4-6 uncond k)."""
+
+    def argmax(m):
+        z = (x - np.array(m["mean"])) / np.array(m["scale"])
+        return np.array(m["classes"])[np.argmax(z @ np.array(m["coef"]).T + np.array(m["intercept"]), axis=1)]
+
+    skip, uncond = argmax(models["skip"]), argmax(models["uncond"])
+    return np.where(skip > 0, skip, np.where(uncond > 0, uncond + 3, 0))
+
+
 @pytest.mark.parametrize("threshold", ["0.84", "0.86", "0.88"])
 def test_skipvar_decision_is_the_logistic_regression_argmax(threshold):
     models = published_models()["models"][threshold]
     policy = SkipVarPolicy(var_config("var-tiny-d2"), models)
     grid = torch.tensor([[d, r] for d in (0.03, 0.09, 0.15, 0.22) for r in (0.38, 0.44, 0.49, 0.54, 0.60)])
 
-    def argmax(m, x):  # the LR computed independently, in numpy
-        z = (x - np.array(m["mean"])) / np.array(m["scale"])
-        return np.array(m["classes"])[np.argmax(z @ np.array(m["coef"]).T + np.array(m["intercept"]), axis=1)]
-
-    skip, uncond = argmax(models["skip"], grid.numpy()), argmax(models["uncond"], grid.numpy())
-    expected = np.where(skip > 0, skip, np.where(uncond > 0, uncond + 3, 0))
-    assert policy.decide(grid).tolist() == expected.tolist()
+    assert policy.decide(grid).tolist() == expected_strategies(models, grid.numpy()).tolist()
     if threshold == "0.84":  # the published decision map (acceleration-methods.md §2): row diff 0.09
         names = [policy.plans[i].name.removeprefix("skipvar-") for i in policy.decide(grid)[5:10]]
         assert names == ["skip3", "skip3", "skip2", "skip1", "uncond3"]
+
+
+def test_the_demo_models_own_skipvar_refit_is_named_demo_and_was_fitted_on_it():
+    """``skipvar:model=demo`` loads the selector tools/fit_skipvar.py fitted on the bundled model
+    (the published coefficients are Infinity-2B's); its decisions are its own regressions'."""
+    from varrt.runtime.demo import demo_model
+    from varrt.runtime.policies.skipvar import DEMO_REFIT
+
+    demo = demo_model()
+    cfg = json.loads(demo.var.with_name("demo.json").read_text())
+    refit = json.loads(DEMO_REFIT.read_text())
+    policy = make_policy("skipvar:model=demo", var_config("var-tiny-d2"))
+    assert policy.models["skip"] == refit["skip"] and policy.models["uncond"] == refit["uncond"]
+    assert refit["sampling"]["cfg"] == demo.sampling["cfg"] and refit["fitted_with"]["seeds"] >= 1
+    assert refit["fitted_with"]["classes"] == list(range(len(cfg["classes"])))
+    assert refit["samples"] == refit["fitted_with"]["seeds"] * len(cfg["classes"])
+    features = torch.tensor([[d, r] for d in (0.0, 0.1, 0.3) for r in (0.3, 0.5, 0.7)])
+    assert policy.decide(features).tolist() == expected_strategies(refit, features.numpy()).tolist()
 
 
 # ------------------------------------------------------------------------------------------ runtime paths

@@ -18,6 +18,7 @@ import torch
 
 from varrt.engines.torch_engine import TorchEngine
 from varrt.export.checkpoint import load_models
+from varrt.runtime.bench import git_commit, machine, write_results
 from varrt.runtime.demo import demo_model
 from varrt.runtime.fidelity import image_metrics
 from varrt.runtime.generate import generate
@@ -62,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cfg", type=float, help="guidance (default: the demo model's)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds}")
+    if not args.out.parent.is_dir():
+        p.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
     torch.set_num_threads(torch.get_num_threads())
     if args.checkpoint:
         var, vqvae = load_models(args.checkpoint, args.vae)
@@ -81,9 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             "model": var.cfg.label,
             "sampling": {"cfg": sampling.cfg, "top_k": sampling.top_k, "top_p": sampling.top_p},
             "features": ["diff_hf", "hf_ratio"],
+            "fitted_with": {
+                "command": " ".join(["tools/fit_skipvar.py", *(argv if argv is not None else sys.argv[1:])]),
+                "seeds": args.seeds,
+                "classes": labels,
+                "commit": git_commit(),
+                "machine": machine(),
+            },
         }
     )
-    args.out.write_text(json.dumps(model, indent=1))
+    write_results(args.out.with_suffix(""), {args.out.suffix or ".json": json.dumps(model, indent=1)})
     print(f"wrote {args.out}: skip labels {model['label_counts']['skip']}, uncond {model['label_counts']['uncond']}")
     return 0
 

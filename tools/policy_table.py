@@ -8,7 +8,8 @@ so the speed-ups against ``full`` on the same backend are taken side by side in 
 * var-d16 with random weights, batch 1, torch and ONNX Runtime, no fidelity (random weights say
   nothing about it: the var-d16 rows are FLOPs and speed only).
 
-Policies: each at its defaults and a composition, on both models; on the demo model also the Pareto
+Policies: each at its defaults and a composition, on both models; on the demo model also SkipVAR with
+the selector refit on it (``skipvar:model=demo``) and the Pareto
 points of the LD-Pruning / StepVAR knob sweep (``tools/sweep_policies.py``; its JSON is read; they are
 the demo model's trade-offs, so var-d16 runs the defaults only, which keeps its CPU run within hours).
 Writes both bench reports (JSON, markdown, plots) and one combined JSON + markdown table into
@@ -26,6 +27,8 @@ from varrt.runtime.bench import provenance, provenance_lines, write_results
 from varrt.runtime.cli import main as varrt
 
 POLICIES = ("full", "fastvar", "skipvar", "ld-pruning", "stepvar", "toprovar", "stagevar", "skipvar+stepvar")
+#: the demo model's own SkipVAR selector (tools/fit_skipvar.py), beside the published Infinity-2B one
+DEMO_ONLY = ("skipvar:model=demo",)
 SWEEP = Path("benchmarks/results/demo-sweep-ldpruning-stepvar.json")
 
 
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from varrt.runtime.demo import demo_model
 
     classes = len(demo_model().classes)
-    demo_specs = [*POLICIES, *(s for s in points if s not in POLICIES)]
+    demo_specs = [*POLICIES, *DEMO_ONLY, *(s for s in points if s not in POLICIES)]
     demo = bench(
         [*common, *as_args(demo_specs), "--batch", str(classes), "--repeat", str(args.repeat),
          "--fidelity-seeds", str(args.fidelity_seeds)],

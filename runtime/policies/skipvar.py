@@ -12,7 +12,7 @@ Mapping to VAR. The official code decides after scale 9 of Infinity's 13 (three 
 decodes the grid of scale 4; we decide after scale SN - 4 (VAR's 10 scales: after 8x8) and decode
 the grid of scale 4 (5x5 -> 80 px), down-sampling by area (VAR's down-sampling mode). The published
 coefficients were fitted on Infinity-2B at 1024 px and do not transfer as they are: ``model=FILE``
-loads a refit (tools/fit_skipvar.py) of the same form.
+loads a refit (tools/fit_skipvar.py) of the same form; ``model=demo`` the demo model's own refit.
 
 Batches. Every sample gets its own strategy. At the decision the batch splits into one group per
 strategy; each group's cache rows are copied once and it runs at its own size, or padded to a
@@ -40,10 +40,15 @@ from varrt.runtime.selectors import high_frequency_difference, high_frequency_ra
 OPTIONS = {
     "threshold": "SSIM target of the published models: 0.84, 0.86 or 0.88 (default 0.84)",
     "variant": "lr (both features, default) or diff_only (0.84 only)",
-    "model": "a JSON file of refit coefficients (tools/fit_skipvar.py) instead of the published ones",
+    "model": "a JSON file of refit coefficients (tools/fit_skipvar.py) instead of the published ones; "
+    "'demo': the refit shipped with the demo model",
     "decision": "scale after which to decide (default SN - 4)",
     "grid": "scale whose grid the two small decodes use (default 4)",
 }
+
+
+#: the selector refit on the bundled demo model (tools/fit_skipvar.py; its JSON says on what)
+DEMO_REFIT = Path(str(resources.files("varrt.runtime").joinpath("data/demo/skipvar.json")))
 
 
 def published_models() -> dict:
@@ -78,7 +83,7 @@ class SkipVarPolicy(Policy):
     def from_options(cls, target: PolicyTarget, opts: dict[str, str]) -> SkipVarPolicy:
         check_options(cls.name, opts, OPTIONS)
         if "model" in opts:
-            path = Path(opts["model"])
+            path = DEMO_REFIT if opts["model"] == "demo" else Path(opts["model"])
             if not path.exists():
                 raise PlanError(f"skipvar model file not found: {path}")
             models = json.loads(path.read_text())
