@@ -123,10 +123,17 @@ def ratios(report: dict) -> dict:
     return out
 
 
+def calibration_line(cal: dict | None) -> str:
+    if cal is None:  # int8-cpu: activation scales computed per call, nothing calibrated
+        return "- calibration: none (dynamic activation quantization: scales computed on every call)"
+    note = f" ({cal['note']})" if "note" in cal else ""
+    return f"- calibration: {cal['generations']} generations x batch {cal['batch']}{note}"
+
+
 def markdown(report: dict) -> str:
     model = report["model"]
     lines = [
-        f"# {model['name']}: torch fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8",
+        f"# {model['name']}: torch fp32 vs ONNX Runtime fp32 vs ONNX Runtime {report['int8'].get('precision', 'int8')}",
         "",
         *provenance_lines(report),
         f"- model: {model['name']} (depth {model['depth']}, width {model['width']}, schedule {model['schedule']}); "
@@ -135,11 +142,12 @@ def markdown(report: dict) -> str:
         "times are medians (p10-p90)",
         f"- int8: {report['int8']['recipe']['format']}; weights {report['int8']['recipe']['weights']}; "
         f"activations {report['int8']['recipe']['activations']}",
-        f"- calibration: {report['int8']['calibration']['generations']} generations x batch "
-        f"{report['int8']['calibration']['batch']}"
-        + (f" ({report['int8']['calibration']['note']})" if "note" in report["int8"]["calibration"] else ""),
-        f"- weights on disk: fp32 {report['int8']['weights_mib']['ort']:.1f} MiB, int8 "
-        f"{report['int8']['weights_mib']['ort-int8']:.1f} MiB",
+        calibration_line(report["int8"].get("calibration")),
+        *(
+            f"- {k} artifact files: "
+            + ", ".join(f"{n} {mib:.1f} MiB" for n, mib in report["int8"]["files_mib"][k].items())
+            for k in ("ort", "ort-int8")
+        ),
         "",
         "| backend | policy | end-to-end s | speed-up vs full | transformer s | decode ms |",
         "|---|---|---|---|---|---|",
@@ -209,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", action="append", default=[])
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--precision",
+        choices=("int8", "int8-cpu"),
+        default="int8",
+        help="int8: Q/DQ, TensorRT's form; int8-cpu: ONNX Runtime's dynamic form, the fast one on a CPU",
+    )
     p.add_argument("--calibrate", type=int, default=None, help="calibration generations (default: varrt's)")
     p.add_argument("--fidelity-seeds", type=int, default=4)
     p.add_argument("--logits-seeds", type=int, default=1)
@@ -220,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = Weights.random_weights(args.model) if args.random_weights else Weights.demo_model()
     specs = tuple(dict.fromkeys(("full", *args.policy)))
-    fp32, int8 = ExportOptions(), ExportOptions(config=ExportConfig(precision="int8", calibrate=args.calibrate))
+    fp32, int8 = ExportOptions(), ExportOptions(config=ExportConfig(precision=args.precision, calibrate=args.calibrate))
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     pipes = {
         "torch": Pipeline.from_weights(weights, "torch", policies=specs, batch=args.batch, say=say),
@@ -228,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         "ort-int8": Pipeline.from_weights(weights, "ort", policies=specs, batch=args.batch, export=int8, say=say),
     }
     manifests = {k: pipes[k].engine.manifest for k in ("ort", "ort-int8")}
-    weight_bytes = {k: (pipes[k].engine.artifact / "weights.bin").stat().st_size for k in manifests}
+    # what each artifact reads (a pack's shared weights.bin: the fp32 weights of every component)
+    files = {k: {name: f["bytes"] for name, f in m.files.items()} for k, m in manifests.items()}
+    weight_bytes = {k: sum(v.values()) for k, v in files.items()}
     labels = [i % pipes["torch"].engine.var_config.num_classes for i in range(args.batch)]
     sampling = pipes["ort"].sampling()
     config = BenchConfig(
@@ -238,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     report.pop("backend_ratios", None)
     report["ratios"] = ratios(report)
     report["int8"] = {
+        "precision": args.precision,
         "recipe": manifests["ort-int8"].quantization["recipe"],
-        "calibration": manifests["ort-int8"].quantization["calibration"],
+        "calibration": manifests["ort-int8"].quantization.get("calibration"),
         "export_key": manifests["ort-int8"].export_key,
-        "weights_mib": {k: v / 2**20 for k, v in weight_bytes.items()},
+        "files_mib": {k: {name: b / 2**20 for name, b in v.items()} for k, v in files.items()},
     }
     say("logits error per scale (teacher-forced)")
     report["logits_error"] = logits_errors(
