@@ -76,3 +76,14 @@ def test_matched_flops_groups_policies_of_the_same_cost_and_names_the_spread():
     text = "\n".join(policy_table.matched_lines(groups))
     assert "| 0.460-0.500 | `a`, `b` | `a` (0.7300) | `b` (0.7000) | 0.0300 |" in text
     assert "no matched-cost" in "\n".join(policy_table.matched_lines([]))
+
+
+def test_the_sweeps_measurement_runs_eval_on_a_pipeline(tiny_models):
+    """The sweep's own loop, end to end on the tiny model (it had not followed evaluate's pipeline)."""
+    from varrt.runtime.sampling import SamplingConfig
+
+    rows = sweep_policies.measured(
+        Pipeline(TorchEngine(*tiny_models)), ["stepvar:keep=0.5/0.5"], [3], 1, SamplingConfig(), lambda _m: None
+    )
+    assert set(rows) == {"full", "stepvar:keep=0.5/0.5"} and rows["full"]["ssim"] == 1.0
+    assert rows["stepvar:keep=0.5/0.5"]["flops_ratio"] < 1 and 0 < rows["stepvar:keep=0.5/0.5"]["ssim"] <= 1

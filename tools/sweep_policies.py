@@ -36,7 +36,8 @@ from varrt.export.checkpoint import load_models
 from varrt.runtime.bench import provenance, provenance_lines, write_results
 from varrt.runtime.demo import demo_model
 from varrt.runtime.evaluate import evaluate
-from varrt.runtime.policies import make_policy, parse_spec
+from varrt.runtime.pipeline import Pipeline
+from varrt.runtime.policies import parse_spec
 from varrt.runtime.sampling import SamplingConfig
 
 POLICIES = ("ld-pruning", "stepvar")
@@ -92,10 +93,9 @@ def refinements(policy: str, front: list[dict], done: set[str]) -> list[str]:
     return [s for s in specs if s not in done]
 
 
-def measured(engine, cfg, specs: list[str], labels: list[int], seeds: int, sampling, say) -> dict[str, dict]:
+def measured(pipe: Pipeline, specs: list[str], labels: list[int], seeds: int, sampling, say) -> dict[str, dict]:
     """``varrt eval``'s loop over ``specs`` (full is its reference): per spec, fidelity and speed."""
-    policies = [make_policy(s, cfg) for s in specs]
-    report = evaluate(engine, policies, labels, list(range(seeds)), sampling, progress=say)
+    report = evaluate(pipe, specs, labels, list(range(seeds)), sampling, progress=say)
     return {
         name: {
             "ssim": r["ssim"]["mean"],
@@ -113,15 +113,15 @@ def measured(engine, cfg, specs: list[str], labels: list[int], seeds: int, sampl
 def run(seeds: int, say=print) -> dict:
     demo = demo_model()
     var, vqvae = load_models(demo.var, demo.vqvae)
-    cfg, engine = var.cfg, TorchEngine(var, vqvae)
+    cfg, pipe = var.cfg, Pipeline(TorchEngine(var, vqvae))
     labels = list(range(len(demo.classes)))
     sampling = SamplingConfig(**demo.sampling)
     specs = grid()
     say("stage 1: budgets and criteria")
-    rows = measured(engine, cfg, ["fastvar", *(s for g in specs.values() for s in g)], labels, seeds, sampling, say)
+    rows = measured(pipe, ["fastvar", *(s for g in specs.values() for s in g)], labels, seeds, sampling, say)
     stage2 = {p: refinements(p, pareto([{"spec": s, **rows[s]} for s in g]), set(g)) for p, g in specs.items()}
     say(f"stage 2: {sum(map(len, stage2.values()))} combinations of the stage-1 fronts")
-    more = measured(engine, cfg, [s for g in stage2.values() for s in g], labels, seeds, sampling, say)
+    more = measured(pipe, [s for g in stage2.values() for s in g], labels, seeds, sampling, say)
     rows.update({k: v for k, v in more.items() if k != "full"})
     bar = rows["fastvar"]["ssim"]
     fronts, chosen = {}, {}
