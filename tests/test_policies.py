@@ -162,13 +162,12 @@ def test_the_demo_models_own_skipvar_refit_is_named_demo_and_was_fitted_on_it():
     from varrt.runtime.policies.skipvar import DEMO_REFIT
 
     demo = demo_model()
-    cfg = json.loads(demo.var.with_name("demo.json").read_text())
     refit = json.loads(DEMO_REFIT.read_text())
     policy = make_policy("skipvar:model=demo", var_config("var-tiny-d2"))
     assert policy.models["skip"] == refit["skip"] and policy.models["uncond"] == refit["uncond"]
     assert refit["sampling"]["cfg"] == demo.sampling["cfg"] and refit["fitted_with"]["seeds"] >= 1
-    assert refit["fitted_with"]["classes"] == list(range(len(cfg["classes"])))
-    assert refit["samples"] == refit["fitted_with"]["seeds"] * len(cfg["classes"])
+    assert refit["fitted_with"]["classes"] == list(range(len(demo.classes)))
+    assert refit["samples"] == refit["fitted_with"]["seeds"] * len(demo.classes)
     features = torch.tensor([[d, r] for d in (0.0, 0.1, 0.3) for r in (0.3, 0.5, 0.7)])
     assert policy.decide(features).tolist() == expected_strategies(refit, features.numpy()).tolist()
 
