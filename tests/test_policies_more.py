@@ -244,7 +244,7 @@ def test_ld_pruning_without_cfg_stopping_has_one_plan():
     state = SimpleNamespace(f_hat=torch.zeros(1, 1, 1, 1), groups=[], si=6)
     assert policy.after_scale(state) is None
     assert policy.options == {
-        "keep": [0.6, 0.5],
+        "keep": [0.5, 0.5],
         "start": 8,
         "measure": "l2",
         "branch": "tv",

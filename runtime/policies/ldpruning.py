@@ -40,15 +40,15 @@ from varrt.runtime.selectors import (
 )
 
 OPTIONS = {
-    "keep": "kept fractions of the pruned scales: the last ones, or one / each from start (default 0.6/0.5)",
+    "keep": "kept fractions of the pruned scales: the last ones, or one / each from start (default 0.5/0.5)",
     "start": "first pruned scale (default: SN - the number of keep fractions)",
     "measure": "latent discrepancy per position: l2 or l1 over channels (default l2)",
     "branch": "cond/uncond discrepancy: tv (total variation) or js (Jensen-Shannon) (default tv)",
-    "threshold": "relative change of the branch discrepancy that stops CFG; 0: never stop (default 0.1)",
+    "threshold": "relative change of the branch discrepancy that stops CFG; 0: never stop (default 0.05)",
     "min_scale": "first scale after which CFG may stop (default SN // 2)",
     "restore": "positions outside the budget: cache (previous scale's states) or nearest (default cache)",
 }
-DEFAULTS = {"keep": "0.6/0.5", "measure": "l2", "branch": "tv", "threshold": "0.1", "restore": "cache"}
+DEFAULTS = {"keep": "0.5/0.5", "measure": "l2", "branch": "tv", "threshold": "0.05", "restore": "cache"}
 
 
 class LDPruningPolicy(Policy):
@@ -69,8 +69,8 @@ class LDPruningPolicy(Policy):
     def __init__(
         self,
         target: PolicyTarget,
-        keep: tuple[float, ...] = (0.6, 0.5),
-        threshold: float = 0.1,
+        keep: tuple[float, ...] = (0.5, 0.5),
+        threshold: float = 0.05,
         min_scale: int | None = None,
         measure: str = "l2",
         branch: str = "tv",

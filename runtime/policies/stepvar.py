@@ -29,10 +29,10 @@ OPTIONS = {
     "keep": "kept fractions of the pruned scales: the last ones, or one / each from start (default 0.5/0.5)",
     "start": "first pruned scale (default: SN - the number of keep fractions)",
     "alpha": "weight of texture against structure (default 0.5)",
-    "components": "principal components for the structure score (default 1)",
+    "components": "principal components for the structure score (default 4)",
     "filter": "high-pass filter for the texture score: box or laplacian (default box)",
 }
-DEFAULTS = {"keep": "0.5/0.5", "alpha": "0.5", "components": "1", "filter": "box"}
+DEFAULTS = {"keep": "0.5/0.5", "alpha": "0.5", "components": "4", "filter": "box"}
 
 
 class StepVarPolicy(Policy):
@@ -53,7 +53,7 @@ class StepVarPolicy(Policy):
         target: PolicyTarget,
         keep: tuple[float, ...] = (0.5, 0.5),
         alpha: float = 0.5,
-        components: int = 1,
+        components: int = 4,
         filter: str = "box",
     ) -> None:
         if not 0 <= alpha <= 1 or components < 1 or filter not in HIGH_PASS_FILTERS:
