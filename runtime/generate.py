@@ -62,7 +62,10 @@ class Generation:
     labels: Tensor
     plans: list[str]  # the plan each sample finished on
     decisions: list[dict] = field(default_factory=list)  # what the policy decided, scale by scale
-    seconds: dict[str, float] = field(default_factory=dict)  # condition, transformer, decode, total
+    #: condition, transformer (the scales, all of it), sampling (the part of the scales spent
+    #: sampling tokens, accumulating f_hat and down-sampling the next input: work that no token
+    #: budget reduces), decode, total
+    seconds: dict[str, float] = field(default_factory=dict)
     scale_seconds: list[float] = field(default_factory=list)
     #: per scale, (plan, samples, width) of every group that ran: width > samples where a split
     #: group ran padded to a bucketed size (its padding rows' results dropped)
@@ -311,6 +314,7 @@ def generate(
     group_log: list[list[tuple[str, int, int]]] = []
 
     f_prev = f_hat
+    sampling_s = 0.0  # the per-token work every plan does, whatever its budget (see Generation.seconds)
     for si, pn in enumerate(sched.patch_nums):
         t0 = time.perf_counter()
         loop.latents = (f_hat, f_prev)
@@ -324,6 +328,7 @@ def generate(
             ran = True
             group_log[-1].append((loop.plans[g.plan_idx].name, g.b, g.width))
             logits = loop.run_group(g, si, x_next[g.samples.to(dev)])
+            t_sample = time.perf_counter()
             g.logits = logits.clone()
             group_rng = generators_of(rng, g.samples)
             idx, codes = sample_scale(logits, g.b, sched.progress(si), sampling, group_rng, codebook.to(dev))
@@ -332,9 +337,12 @@ def generate(
             new_f, _ = quant.next_input(si, f_hat[sel], h)
             f_hat = f_hat.index_copy(0, sel, new_f)
             idx_all[g.samples] = idx.cpu()
+            sampling_s += time.perf_counter() - t_sample
         indices.append(idx_all if ran else None)
         if si + 1 < sched.num_scales:
+            t_sample = time.perf_counter()
             x_next = area_down(f_hat, sched.patch_nums[si + 1]).flatten(2).transpose(1, 2).to(dev)
+            sampling_s += time.perf_counter() - t_sample
         assign = policy.after_scale(
             ScaleState(
                 si=si,
@@ -374,6 +382,7 @@ def generate(
         seconds={
             "condition": t_cond - t_start,
             "transformer": sum(scale_seconds),
+            "sampling": sampling_s,
             "decode": t_end - t_dec,
             "total": t_end - t_start,
         },
