@@ -207,6 +207,22 @@ def describe_mismatch(stored: dict, wanted: dict) -> str:
     return "; ".join(diffs) or "unknown differences"
 
 
+def request_fields(request, policies: Sequence[Policy], capacity: int, say: Say, pack: Pack) -> dict:
+    """The keywords both families' ``export_*artifact`` take from an export request (VAR's
+    :class:`ExportRequest`, Infinity's ``InfinityExportRequest``): what the manifest records of it."""
+    return {
+        "config": request.config,
+        "batch": request.batch,
+        "kv_capacity": capacity,
+        "plans": [p.to_dict() for pol in policies for p in pol.plans],
+        "source": request.source,
+        "export_key": request.key(),
+        "request": request.identity(),
+        "progress": say,
+        "pack": pack,
+    }
+
+
 @dataclass(frozen=True)
 class ExportJob:
     """One family's export request, as the cache sees it: a key, the identity it hashes, and how to
@@ -365,23 +381,8 @@ def ensure_artifact(
             say(f"calibrate: {calibration.generations} generations x {len(policies)} policies (eager torch)")
             feeds = record_feeds(var, vqvae, policies, calibration, cap)
             quantization["calibration"] = calibration.to_dict(var.cfg.num_classes)
-        return export_artifact(
-            var,
-            vqvae,
-            graphs,
-            work,
-            config=request.config,
-            batch=request.batch,
-            kv_capacity=cap,
-            plans=[p.to_dict() for pol in policies for p in pol.plans],
-            source=request.source,
-            export_key=request.key(),
-            request=request.identity(),
-            progress=say,
-            pack=pack,
-            calibration=feeds,
-            quantization=quantization,
-        )
+        fields = request_fields(request, policies, cap, say, pack)
+        return export_artifact(var, vqvae, graphs, work, **fields, calibration=feeds, quantization=quantization)
 
     def check(models: tuple[VAR, VQVAE], where: Path, manifest: Manifest, say: Say) -> dict:
         return validate_parity(where, TorchEngine(*models), manifest, say)

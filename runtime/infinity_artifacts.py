@@ -29,7 +29,7 @@ from varrt.export.infinity_graphs import (
 )
 from varrt.export.pack import Pack
 from varrt.export.quantize import QUANTIZED
-from varrt.runtime.artifacts import ExportJob, export_versions, provide_artifact, validate_parity
+from varrt.runtime.artifacts import ExportJob, export_versions, provide_artifact, request_fields, validate_parity
 from varrt.runtime.bitwise import vae_grid
 from varrt.runtime.infinity_generate import infinity_step_shape
 from varrt.runtime.plan import group_sizes, kv_capacity, spec_identity, step_shapes
@@ -156,22 +156,9 @@ def ensure_infinity_artifact(
                 request.config.precision,
             )  # fmt: skip
             graphs.update((g.name, g) for g in specs)
+        fields = request_fields(request, policies, cap, say, pack)
         return export_infinity_artifact(
-            model,
-            vae,
-            text_encoder,
-            list(graphs.values()),
-            work,
-            config=request.config,
-            schedule=request.schedule,
-            batch=request.batch,
-            kv_capacity=cap,
-            plans=[p.to_dict() for pol in policies for p in pol.plans],
-            source=request.source,
-            export_key=request.key(),
-            request=request.identity(),
-            progress=say,
-            pack=pack,
+            model, vae, text_encoder, list(graphs.values()), work, schedule=request.schedule, **fields
         )
 
     def check(models: tuple, where: Path, manifest: Manifest, say: Callable[[str], None]) -> dict:

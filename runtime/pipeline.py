@@ -279,42 +279,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------- construction
     @classmethod
-    def from_weights(
-        cls,
-        weights: Weights,
-        backend: str = "ort",
-        *,
-        policies: Sequence[str] = ("full",),
-        batch: int = 1,
-        export: ExportOptions = ExportOptions(),
-        prompts: PromptShape | None = None,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
-        threads: int | None = None,
-        compile: bool = False,
-        tf32: bool = True,
-        say: Say = _log,
-        buckets: bool = False,
-    ) -> Pipeline:
-        """Load ``weights`` on ``backend`` (ort / trt: export once for ``policies`` x ``batch``,
-        reused from the cache by hash; Infinity's export is also shaped by ``prompts``). With
-        ``buckets`` the export also holds every batch bucket below ``batch`` (1, 2, 4, ...): what
-        a server that pads its batches to buckets runs."""
+    def from_weights(cls, weights: Weights, backend: str = "ort", **options) -> Pipeline:
+        """Load ``weights`` on ``backend`` (ort / trt: export once for the ``policies`` x ``batch``
+        options, reused from the cache by hash; Infinity's export is also shaped by ``prompts``).
+        ``options`` are :func:`build_engine`'s keywords (policies, batch, export, prompts,
+        providers, threads, compile, tf32, say, buckets); with ``buckets`` the export also holds
+        every batch bucket below ``batch`` (1, 2, 4, ...): what a server that pads its batches to
+        buckets runs."""
         tokenizer = weights.check().tokenizer() if weights.family == "infinity" else None
-        engine = build_engine(
-            weights,
-            backend,
-            policies=policies,
-            batch=batch,
-            export=export,
-            prompts=prompts,
-            providers=providers,
-            threads=threads,
-            compile=compile,
-            tf32=tf32,
-            say=say,
-            buckets=buckets,
-        )
+        engine = build_engine(weights, backend, **options)
         classes = _demo_classes() if weights.demo else ()
+        prompts: PromptShape | None = options.get("prompts")
         schedule, length = (prompts.schedule, prompts.text_length) if prompts else (None, None)
         return cls(engine, weights=weights, tokenizer=tokenizer, schedule=schedule, text_length=length, classes=classes)
 
