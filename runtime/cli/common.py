@@ -292,7 +292,9 @@ def timing_table(result, pipe) -> None:
     for si, s in enumerate(result.scale_seconds):
         h, w = pipe.grid(si)
         rows.append([f"scale {si} ({h}x{w})", f"{s * 1e3:.1f}"])
-    rows += [[k, f"{v * 1e3:.1f}"] for k, v in result.seconds.items()]
+    #: the scales' time is "transformer" in Generation.seconds; sampling is a part of it
+    label = {"transformer": "scales (all)", "sampling": "  of which sampling"}
+    rows += [[label.get(k, k), f"{v * 1e3:.1f}"] for k, v in result.seconds.items()]
     con.result(con.table(f"timing ({pipe.backend}, batch {result.images.shape[0]})", ["stage", "ms"], rows))
 
 
