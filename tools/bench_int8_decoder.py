@@ -95,11 +95,8 @@ def session(path: Path, threads: int | None):
     return _import_ort().InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def demo_latents(batch: int, generations: int, seed0: int) -> list[np.ndarray]:
+def demo_latents(pipe, batch: int, generations: int, seed0: int) -> list[np.ndarray]:
     """f_hat of real demo generations: ``generations`` batches of ``batch`` consecutive classes."""
-    from varrt.runtime.pipeline import Pipeline
-
-    pipe = Pipeline.demo(backend="torch")
     n = pipe.engine.var_config.num_classes
     out = []
     for g in range(generations):
@@ -130,11 +127,11 @@ def measure_model(name, vqvae, cal, test, tmp: Path, args, fidelity: bool, say) 
     sessions = {k: session(p, args.threads) for k, p in paths.items()}
     say(f"{name}: time {len(sessions)} forms ({args.warmup} warm-up, {args.repeat} repeats, interleaved)")
     speed = timed(sessions, test[0], args.warmup, args.repeat)
+    ref = np.concatenate([sessions["fp32"].run(None, {"f_hat": f})[0] for f in test]) if fidelity else None
     forms = {}
     for k, s in sessions.items():
         row = {"seconds": speed[k], "speedup_vs_fp32": speed["fp32"]["median"] / speed[k]["median"]}
         if fidelity and k != "fp32":
-            ref = np.concatenate([sessions["fp32"].run(None, {"f_hat": f})[0] for f in test])
             img = np.concatenate([s.run(None, {"f_hat": f})[0] for f in test])
             ssim, psnr = image_metrics(torch.from_numpy(ref), torch.from_numpy(img))
             row.update(ssim=summarize(ssim), psnr=summarize(psnr), passes_gate=bool(ssim.mean() >= GATE))
@@ -214,16 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from varrt.runtime.weights import Weights
+    from varrt.runtime.pipeline import Pipeline
 
     models = []
     with tempfile.TemporaryDirectory() as tmp:
         say("demo model: generate the calibration and test latents")
-        cal, test = demo_latents(8, args.calibrate, 0), demo_latents(8, args.test, 1000)
-        vqvae = Weights.demo_model().load()[1]
+        pipe = Pipeline.demo(backend="torch")
+        cal, test = demo_latents(pipe, 8, args.calibrate, 0), demo_latents(pipe, 8, args.test, 1000)
         models.append(
             {
-                **measure_model("var-demo", vqvae, cal, test, Path(tmp), args, True, say),
+                **measure_model("var-demo", pipe.engine.vqvae, cal, test, Path(tmp), args, True, say),
                 "fidelity": True,
                 "weights": "demo model (trained on colour emoji)",
             }
