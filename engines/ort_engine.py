@@ -35,14 +35,36 @@ def _import_ort():
     return ort
 
 
+#: when ORT's intra-op threads spin waiting for work (see :func:`session_options`)
+SPINNING = ("run", "always", "never")
+
+
 def session_options(
-    threads: int | None, optimization: str = "all", disable_fallback: bool = False, profile: str | None = None
+    threads: int | None,
+    optimization: str = "all",
+    disable_fallback: bool = False,
+    profile: str | None = None,
+    spinning: str = "run",
 ):
-    """``profile``: a path prefix for ONNX Runtime's per-node profile (one JSON file per session)."""
+    """``profile``: a path prefix for ONNX Runtime's per-node profile (one JSON file per session).
+
+    ``spinning="run"`` (the default): the intra-op threads spin between the nodes of one run (cheap
+    hand-offs) but stop when the run returns (``session.force_spinning_stop``). ``"always"`` is
+    ORT's own default, which keeps them spinning after the run for the next one; ``"never"``
+    turns spinning off (every node wakes its workers). Why not ORT's default: a varrt generation
+    does torch work (sampling, the f_hat update) between every two calls, and with ORT's workers
+    spinning on the same cores that work ran 2-3x slower (benchmarks/results/ort-spinning.md).
+    """
     ort = _import_ort()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
+    if spinning not in SPINNING:
+        raise ValueError(f"spinning must be one of {', '.join(SPINNING)}, got {spinning!r}")
+    if spinning == "run":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
+    elif spinning == "never":
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = {
         "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -72,9 +94,11 @@ class OrtEngine:
         optimization: str = "all",
         verify: bool = True,
         profile: str | os.PathLike | None = None,
+        spinning: str = "run",
     ) -> None:
         """``profile``: record ONNX Runtime's per-node profile of every call (with this path
-        prefix); :meth:`end_profiling` writes it and returns the files."""
+        prefix); :meth:`end_profiling` writes it and returns the files. ``spinning``: see
+        :func:`session_options`."""
         ort = _import_ort()
         self.artifact = Path(artifact)
         self.manifest: Manifest = read_manifest(self.artifact)
@@ -94,7 +118,7 @@ class OrtEngine:
         self.providers = providers
         on_gpu = providers[0] in GPU_PROVIDERS
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-        so = session_options(threads, optimization, on_gpu, str(profile) if profile else None)
+        so = session_options(threads, optimization, on_gpu, str(profile) if profile else None, spinning)
         self.sessions = {}
         for comp, meta in m.components.items():
             sess = ort.InferenceSession(str(self.artifact / meta["file"]), so, providers=providers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 
 import onnx
 import pytest
@@ -13,7 +14,7 @@ import torch
 from helpers import tiny_source
 from varrt.engines.base import BackendUnavailable, EngineError
 from varrt.engines.compare import compare, random_feeds
-from varrt.engines.ort_engine import OrtEngine
+from varrt.engines.ort_engine import OrtEngine, session_options
 from varrt.engines.torch_engine import TorchEngine
 from varrt.export.artifact import ArtifactError, read_manifest
 from varrt.export.exporter import ExportConfig, ExportError, check_static_shapes
@@ -107,6 +108,22 @@ def test_per_scale_parity_torch_vs_ort(tiny_artifact, tiny_models):
     engine = OrtEngine(tiny_artifact)
     diffs = compare(TorchEngine(*tiny_models), engine, read_manifest(tiny_artifact).graphs, seed=3)
     assert diffs and max(d.rel for d in diffs) <= 1e-4
+
+
+def test_ort_workers_stop_spinning_when_a_run_returns(tiny_artifact):
+    """The runtime's torch work between two calls gets the cores: after a run, ORT's intra-op
+    workers burn no CPU while the caller waits (ORT's default keeps them spinning)."""
+    with pytest.raises(ValueError, match="spinning must be one of run, always, never"):
+        session_options(2, spinning="sometimes")
+    assert session_options(2).get_session_config_entry("session.force_spinning_stop") == "1"
+    engine = OrtEngine(tiny_artifact, threads=2)
+    graph = next(g for g in read_manifest(tiny_artifact).graphs if g.name.startswith("transformer_r2_n256_"))
+    feeds = random_feeds(graph, 680, 1000, seed=0)
+    engine.run(graph, feeds)
+    engine.run(graph, feeds)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    time.sleep(0.05)  # with ORT's default, a worker burns a whole core for about this long
+    assert time.process_time() - cpu0 < 0.3 * (time.perf_counter() - wall0)
 
 
 def test_a_step_reads_only_the_live_prefix_of_the_cache(tiny_artifact, tiny_models):
