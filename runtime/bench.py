@@ -57,7 +57,8 @@ def stats(values: Sequence[float]) -> dict:
 
 
 #: the CPU features that decide which int8 form is fast (u8 x s8 in saturating int16 without VNNI)
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+#: and whether bfloat16 has instructions
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
 
 
 def machine() -> dict:
