@@ -25,11 +25,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/varrt demo
 
-# the suite (under 10 minutes on 2 cores), in two processes (pytest-xdist; the tests that share a
-# minutes-long fixture stay in one); the slowest tests it prints are the ones to keep an eye on
-TEST_WORKERS ?= 2
+# the suite (under 10 minutes on 2 cores); the slowest tests it prints are the ones to keep an eye on
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q --durations=15
 
 # real-size smoke tests and the longest end-to-end runs (CI runs them as a step of their own)
 test-slow: $(STAMP)

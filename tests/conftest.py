@@ -19,22 +19,7 @@ from helpers import (
     tiny_vqvae,
 )
 
-#: `make test` runs the suite in two pytest-xdist processes: each then gets one of the 2 cores
-WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
-
-#: session fixtures that take minutes to build: the tests that use one run in one xdist group (one
-#: process), so it is built once while the other process runs the rest. A test that takes one
-#: through ``request.getfixturevalue`` marks its parameter with the group itself.
-GROUPED_FIXTURES = ("infinity_artifact", "policy_artifact")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
-def pytest_collection_modifyitems(items) -> None:
-    for item in items:
-        name = next((f for f in GROUPED_FIXTURES if f in getattr(item, "fixturenames", ())), None)
-        if name is not None and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(name))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")

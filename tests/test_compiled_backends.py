@@ -19,13 +19,7 @@ from varrt.export.artifact import read_manifest
 
 
 # ------------------------------------------------------------------------------------------ bindings
-@pytest.mark.parametrize(
-    "fixture",
-    [
-        "tiny_artifact",
-        *(pytest.param(f, marks=pytest.mark.xdist_group(f)) for f in ("policy_artifact", "infinity_artifact")),
-    ],
-)
+@pytest.mark.parametrize("fixture", ["tiny_artifact", "policy_artifact", "infinity_artifact"])
 def test_every_graph_binds_every_io_tensor_of_its_component(fixture, request):
     """An engine is built from the component ONNX, so its I/O is that file's: every static graph
     must feed all of its inputs, and the outputs it leaves out go to scratch memory."""
