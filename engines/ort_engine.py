@@ -53,7 +53,7 @@ def session_options(
     ORT's own default, which keeps them spinning after the run for the next one; ``"never"``
     turns spinning off (every node wakes its workers). Why not ORT's default: a varrt generation
     does torch work (sampling, the f_hat update) between every two calls, and with ORT's workers
-    spinning on the same cores that work ran 2-3x slower (benchmarks/results/ort-spinning.md).
+    spinning on the same cores that work ran 2-3x slower (benchmarks/results/ort-spinning-demo.md).
     """
     ort = _import_ort()
     so = ort.SessionOptions()

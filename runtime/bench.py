@@ -142,6 +142,15 @@ def write_results(stem: Path, texts: dict[str, str]) -> list[Path]:
     return write_files([(stem.with_suffix(sfx), lambda tmp, t=text: tmp.write_text(t)) for sfx, text in texts.items()])
 
 
+def publish(stem: Path, report: dict, text: str, say: Callable[[str], None]) -> list[Path]:
+    """A benchmark tool's ending: its report as ``stem``.json and its markdown ``text`` as
+    ``stem``.md, the markdown printed, the files named through ``say``."""
+    paths = write_results(stem, {".json": json.dumps(report, indent=1), ".md": text})
+    print(text)
+    say("wrote " + ", ".join(str(p) for p in paths))
+    return paths
+
+
 def kv_bytes(engine: Engine, policy: Policy, batch: int) -> int:
     cfg = engine.var_config
     cap = engine.kv_capacity or max(p.capacity(cfg.schedule) for p in policy.plans)

@@ -13,7 +13,6 @@ generated images), where issue 17's bar is SSIM >= 0.99.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from bench_int8_decoder import demo_latents, export_decoder
 from varrt.engines.ort_engine import _import_ort, session_options
 from varrt.export.configs import VQVAEConfig
 from varrt.export.vqvae import VQVAE
-from varrt.runtime.bench import machine, provenance, provenance_lines, stats, write_results
+from varrt.runtime.bench import machine, provenance, provenance_lines, publish, stats
 from varrt.runtime.fidelity import image_metrics, summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -175,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "bf16_gate_ssim": BF16_GATE,
     }
-    text = markdown(report)
-    out = write_results(args.out_dir / args.name, {".json": json.dumps(report, indent=1), ".md": text})
-    print(text)
-    say("wrote " + ", ".join(str(x) for x in out))
+    publish(args.out_dir / args.name, report, markdown(report), say)
     return 0
 
 

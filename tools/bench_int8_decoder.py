@@ -18,7 +18,6 @@ Percentile calibration, and the CPU form with the first two and the last Conv ke
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from varrt.export.graphs import DecoderGraph, decoder_spec
 from varrt.export.onnx_export import export_component
 from varrt.export.quantize import FeedReader
 from varrt.export.vqvae import VQVAE
-from varrt.runtime.bench import provenance, provenance_lines, stats, write_results
+from varrt.runtime.bench import provenance, provenance_lines, publish, stats
 from varrt.runtime.fidelity import image_metrics, summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -239,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
     report = {**provenance(args.warmup, args.repeat), "gate_ssim": GATE, "models": models}
-    text = markdown(report)
-    out = write_results(args.out_dir / args.name, {".json": json.dumps(report, indent=1), ".md": text})
-    print(text)
-    say("wrote " + ", ".join(str(x) for x in out))
+    publish(args.out_dir / args.name, report, markdown(report), say)
     return 0
 
 

@@ -15,7 +15,6 @@ markdown go to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from varrt.export.exporter import ExportConfig
 from varrt.export.graphs import GraphSpec
-from varrt.runtime.bench import BenchConfig, per_scale_table, provenance_lines, run_bench, write_results
+from varrt.runtime.bench import BenchConfig, per_scale_table, provenance_lines, publish, run_bench
 from varrt.runtime.evaluate import evaluate
 from varrt.runtime.fidelity import image_metrics, summarize
 from varrt.runtime.pipeline import ExportOptions, Pipeline
@@ -273,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "int8_full": token_agreement(pipes["ort"], pipes["ort-int8"], labels, seeds, sampling),
             "policies_fp32": evaluate(pipes["ort"], [s for s in specs if s != "full"], labels, seeds, sampling),
         }
-    paths = write_results(args.out_dir / args.name, {".json": json.dumps(report, indent=1), ".md": markdown(report)})
-    print(markdown(report))
-    say("wrote " + ", ".join(map(str, paths)))
+    publish(args.out_dir / args.name, report, markdown(report), say)
     return 0
 
 
