@@ -44,6 +44,7 @@ from varrt.export.quantize import (
     quantize_component,
 )
 from varrt.export.stagevar import stagevar_spec, stagevar_trace_shape
+from varrt.export.trace_pool import move_graph, trace_side_by_side
 from varrt.export.trt_ops import unsupported_ops
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
@@ -128,6 +129,26 @@ def components_of(graphs: Sequence[GraphSpec], order: Sequence[str] = COMPONENTS
     return {c: out[c] for c in order if c in out}
 
 
+@dataclass(frozen=True, eq=False)
+class VarTracer:
+    """Traces one VAR component to ONNX: a picklable ``Trace``, so that worker processes can
+    trace the components side by side (export/trace_pool.py). ``var_x`` / ``vqvae_x``: the models
+    at the export's precision; ``var`` / ``vqvae`` give the trace shapes."""
+
+    var: VAR
+    vqvae: VQVAE
+    var_x: VAR
+    vqvae_x: VQVAE
+    precision: str
+    opset: int
+
+    def __call__(self, comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
+        module = graph_module(comp, self.var_x, self.vqvae_x, blocks)
+        spec = trace_spec(comp, self.var, self.vqvae, self.precision, blocks)
+        with torch.no_grad():
+            return export_component(module, spec, path, self.opset)
+
+
 def export_artifact(
     var: VAR,
     vqvae: VQVAE,
@@ -158,13 +179,8 @@ def export_artifact(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     var_x, vqvae_x = precision_models(var, vqvae, config.precision)
-    traced = io_precision(config.precision)  # a quantized precision traces in fp32 (quantized after)
-
-    def trace(comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
-        module = graph_module(comp, var_x, vqvae_x, blocks)
-        with torch.no_grad():
-            return export_component(module, trace_spec(comp, var, vqvae, traced, blocks), path, config.opset)
-
+    # a quantized precision traces in fp32 (quantized after)
+    trace = VarTracer(var, vqvae, var_x, vqvae_x, io_precision(config.precision), config.opset)
     quantization = dict(quantization or {})
     quantize = quantizer(config.precision, calibration or {}, quantization, say)
     trt = tensorrt_checked(config.precision)
@@ -246,10 +262,24 @@ def write_components(
     private = pack is None
     if private:
         pack = Pack(work / ".pack")
-    packed = {
-        comp: pack.component(comp, blocks, lambda path, c=comp, b=blocks: trace(c, b, path), say)
-        for comp, blocks in wanted.items()
-    }
+    missing = [(c, b) for c, b in wanted.items() if not pack.has(c, b, say)]
+    ahead = work / ".traces"
+    try:
+        traced = trace_side_by_side(trace, missing, ahead, say) if len(missing) > 1 else {}
+
+        def trace_into(comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
+            if (comp, blocks) not in traced:
+                return trace(comp, blocks, path)
+            src, log = traced[(comp, blocks)]
+            move_graph(src, path)
+            return log
+
+        packed = {
+            comp: pack.component(comp, blocks, lambda path, c=comp, b=blocks: trace_into(c, b, path), say)
+            for comp, blocks in wanted.items()
+        }
+    finally:
+        shutil.rmtree(ahead, ignore_errors=True)
     own = [c for c in packed if quantize is not None and c in TRANSFORMER_COMPONENTS]
     components, weights = pack.place({c: e for c, e in packed.items() if c not in own}, work)
     files = {WEIGHTS: weights}

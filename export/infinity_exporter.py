@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -87,6 +87,25 @@ def precision_model(model: Infinity, precision: str) -> Infinity:
     return model_x
 
 
+@dataclass(frozen=True, eq=False)
+class InfinityTracer:
+    """Traces one Infinity component to ONNX: a picklable ``Trace`` (export/trace_pool.py).
+    ``model_x``: the model at the export's precision; ``model`` gives the trace shapes."""
+
+    model: Infinity
+    vae: BSQVAE
+    text_encoder: torch.nn.Module
+    model_x: Infinity
+    precision: str
+    opset: int
+
+    def __call__(self, comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
+        module = infinity_graph_module(comp, self.model_x, self.vae, self.text_encoder, blocks)
+        spec = trace_spec(comp, self.model, self.vae, self.precision, blocks)
+        with torch.no_grad():
+            return export_component(module, spec, path, self.opset, {"text": self.model.cfg.text_maxlen})
+
+
 def export_infinity_artifact(
     model: Infinity,
     vae: BSQVAE,
@@ -112,12 +131,7 @@ def export_infinity_artifact(
     out.mkdir(parents=True, exist_ok=True)
     model_x = precision_model(model, config.precision)
 
-    def trace(comp: str, blocks: tuple[int, ...] | None, path: Path) -> str:
-        module = infinity_graph_module(comp, model_x, vae, text_encoder, blocks)
-        spec = trace_spec(comp, model, vae, config.precision, blocks)
-        with torch.no_grad():
-            return export_component(module, spec, path, config.opset, {"text": model.cfg.text_maxlen})
-
+    trace = InfinityTracer(model, vae, text_encoder, model_x, config.precision, config.opset)
     wanted = components_of(graphs, INFINITY_COMPONENTS)
     components, files = write_components(wanted, trace, graphs, out, pack, say)
     manifest = Manifest(

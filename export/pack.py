@@ -110,6 +110,14 @@ class Pack:
             finally:
                 shutil.rmtree(raw, ignore_errors=True)
 
+    def has(self, component: str, blocks: tuple[int, ...] | None, say: Say) -> bool:
+        """Whether the pack holds an intact graph of ``component`` (a hint for what to trace ahead:
+        :meth:`component` checks again under the component's lock)."""
+        if not (self.root / INDEX).exists():
+            return False
+        with held(self.root / WEIGHTS, "the component pack"):
+            return self._intact_entry(self._index(say), component_stem(component, blocks)) is not None
+
     def place(self, components: dict[str, PackedComponent], work: Path) -> tuple[dict[str, dict], dict]:
         """The manifest entries of ``components`` and of weights.bin for the artifact assembled in
         ``work`` (published beside it). A shared pack is referenced by relative paths: the artifact

@@ -46,6 +46,7 @@ from varrt.export.locks import held
 from varrt.export.pack import Pack
 from varrt.export.quantize import QUANTIZED, io_precision, needs_calibration, recipe
 from varrt.export.staging import check_out, disk_errors, publish, staging_dir, sweep_folder, sweep_leftovers
+from varrt.export.trace_pool import export_jobs
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 from varrt.runtime.calibration import DEFAULT_GENERATIONS, Calibration, record_feeds
@@ -279,6 +280,7 @@ def provide_artifact(
             with contextlib.suppress(OSError):  # the age `varrt cache clean --older-than` reads
                 os.utime(out / MANIFEST)
             return out
+        export_jobs(1)  # a bad VARRT_EXPORT_JOBS fails here, before the models load
         say("loading the torch models")
         models = job.load_models()
         pack = Pack.for_identity(graph_identity(job.identity), shared=out.parent == exports_dir())

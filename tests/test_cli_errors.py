@@ -233,6 +233,12 @@ def test_model_without_random_weights_is_refused(tmp_path, fresh_cache, capsys):
     assert not exports(fresh_cache)
 
 
+def test_bad_export_jobs_fails_before_the_models_load(tmp_path, fresh_cache, monkeypatch, capsys):
+    monkeypatch.setenv("VARRT_EXPORT_JOBS", "many")
+    fails(capsys, "export", *TINY, "--out", str(tmp_path / "o"), match="VARRT_EXPORT_JOBS='many'")
+    assert not exports(fresh_cache) and not (tmp_path / "o").exists()
+
+
 def test_eval_seeds_zero_fails_before_the_export(fresh_cache, capsys):
     fails(capsys, "eval", "--seeds", "0", match="--seeds must be >= 1")
     assert not exports(fresh_cache)
