@@ -36,12 +36,16 @@ from varrt.export.graphs import (
 from varrt.export.onnx_export import export_component, specialize, weight_bytes
 from varrt.export.pack import Pack
 from varrt.export.quantize import (
+    DECODER_GATE,
+    DECODER_MODES,
+    INT8_DECODER,
     QUANTIZED,
     TENSORRT_QUANTIZED,
     TRANSFORMER_COMPONENTS,
     check_precision,
     io_precision,
     quantize_component,
+    quantize_decoder,
 )
 from varrt.export.stagevar import stagevar_spec, stagevar_trace_shape
 from varrt.export.trace_pool import move_graph, trace_side_by_side
@@ -61,14 +65,23 @@ class ExportConfig:
     precision: str = "float32"  # matmul / KV dtype, or a quantized recipe (export/quantize.py)
     opset: int = 20  # native LayerNormalization (17) and Gelu (20); TensorRT 10 parses 9-20
     calibrate: int | None = None  # quantized precisions: calibration generations (None: the default)
+    decoder: str = "auto"  # int8 / int8-cpu: the decoder gated int8 (auto), int8 ungated, or fp32
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
         if self.calibrate is not None and self.calibrate < 1:
             raise ValueError(f"--calibrate takes the number of calibration generations (>= 1), got {self.calibrate}")
-        if self.calibrate is not None and self.precision not in ("int8", "fp8"):
+        if self.decoder not in DECODER_MODES:
+            raise ValueError(f"--decoder-precision {self.decoder!r}: choose one of {', '.join(DECODER_MODES)}")
+        if self.decoder == "int8" and self.precision not in INT8_DECODER:
             raise ValueError(
-                f"--calibrate sets the calibration of an int8 / fp8 export; precision {self.precision} has none"
+                f"--decoder-precision int8 needs --precision {' or '.join(INT8_DECODER)} (got {self.precision})"
+            )
+        calibrated = ("int8", "fp8", *(("int8-cpu",) if self.decoder != "fp32" else ()))
+        if self.calibrate is not None and self.precision not in calibrated:
+            raise ValueError(
+                f"--calibrate sets the calibration of an int8 / fp8 export (or int8-cpu's int8 decoder); "
+                f"precision {self.precision} has none"
             )
         if not 18 <= self.opset <= 20:
             raise ValueError(f"opset {self.opset}: varrt exports opset 18-20 (TensorRT 10's parser covers 9-20)")
@@ -166,13 +179,17 @@ def export_artifact(
     pack: Pack | None = None,
     calibration: dict[str, list[dict]] | None = None,
     quantization: dict | None = None,
+    decoder: str = "fp32",
+    decoder_gate: DecoderGate | None = None,
 ) -> Manifest:
     """Write the artifact of ``var`` + ``vqvae`` for the static ``graphs`` into the folder ``out``.
 
     The components come from ``pack`` (traced there if it lacks them) or, without one, are traced
     for this artifact alone. A quantized precision rewrites the transformer components with
     ``calibration`` (feeds per component, see runtime/calibration.py) into the artifact's own files;
-    ``quantization`` (recipe and calibration set) goes into the manifest. ``out`` is written in
+    ``quantization`` (recipe and calibration set) goes into the manifest. ``decoder`` is the
+    decoder's plan (``quantize.decoder_plan``): ``int8`` quantizes it too, ``gated`` only where
+    ``decoder_gate(fp32 graph, int8 graph)`` finds its images close enough. ``out`` is written in
     place: the export cache (:func:`varrt.runtime.artifacts.ensure_artifact`) passes a staging
     folder, validates it and then publishes it."""
     say = progress or (lambda _msg: None)
@@ -182,7 +199,7 @@ def export_artifact(
     # a quantized precision traces in fp32 (quantized after)
     trace = VarTracer(var, vqvae, var_x, vqvae_x, io_precision(config.precision), config.opset)
     quantization = dict(quantization or {})
-    quantize = quantizer(config.precision, calibration or {}, quantization, say)
+    quantize = quantizer(config.precision, calibration or {}, quantization, say, decoder, decoder_gate)
     trt = tensorrt_checked(config.precision)
     components, files = write_components(components_of(graphs), trace, graphs, out, pack, say, quantize, trt)
     quant = {k: v.float() for k, v in vqvae.quantize.state_dict().items()}
@@ -212,22 +229,62 @@ def export_artifact(
 #: what every written artifact has passed (``write_components`` raises otherwise)
 CHECKS_PASSED = {"onnx_checker": "passed", "tensorrt_ops": "passed", "static_shapes": "passed"}
 Trace = Callable[[str, "tuple[int, ...] | None", Path], str]
-#: a quantized precision's rewrite of one component: (component, fp32 graph, destination graph)
-Quantize = Callable[[str, Path, Path], None]
+#: the decoder's fidelity gate: (fp32 graph, int8 graph) -> {"ssim": {...}, "psnr": {...}, ...}
+DecoderGate = Callable[[Path, Path], dict]
 
 
-def quantizer(precision: str, feeds: dict[str, list[dict]], quantization: dict, say: Progress) -> Quantize | None:
-    """The rewrite of a quantized ``precision`` (None for the others), recording what each
-    component got in ``quantization["components"]``."""
+@dataclass(frozen=True, eq=False)
+class Quantizer:
+    """A quantized precision's rewrite of the components it takes (``components``): calling it on
+    (component, fp32 graph, destination) writes the destination and returns True, or returns False
+    where the component stays the pack's fp32 graph (a decoder that fails its gate). What each
+    component got goes into ``record`` (the manifest's ``quantization["components"]``)."""
+
+    precision: str
+    feeds: dict[str, list[dict]]
+    record: dict
+    say: Progress
+    decoder: str = "fp32"  # the decoder's plan (quantize.decoder_plan)
+    gate: DecoderGate | None = None
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return (*TRANSFORMER_COMPONENTS, *(("decoder",) if self.decoder != "fp32" else ()))
+
+    def __call__(self, comp: str, src: Path, dst: Path) -> bool:
+        if comp != "decoder":
+            self.say(f"quantize {comp} ({self.precision})")
+            self.record[comp] = quantize_component(src, dst, self.precision, self.feeds.get(comp))
+            return True
+        self.say(f"quantize the decoder ({self.precision}, {'gated' if self.decoder == 'gated' else 'not gated'})")
+        done = quantize_decoder(src, dst, self.precision, self.feeds.get("decoder"))
+        self.record[comp] = done
+        if self.decoder != "gated":
+            done["precision"] = "int8 (not gated: --decoder-precision int8)"
+            return True
+        fidelity = self.gate(src, dst)
+        ssim = fidelity["ssim"]["mean"]
+        passed = ssim >= DECODER_GATE
+        done.update(fidelity_vs_fp32=fidelity, precision="int8" if passed else "fp32")
+        verdict = "keeps int8" if passed else "stays fp32"
+        self.say(f"decoder gate: mean SSIM {ssim:.4f} vs fp32 on {fidelity['images']} held-out images: {verdict}")
+        return passed
+
+
+def quantizer(
+    precision: str,
+    feeds: dict[str, list[dict]],
+    quantization: dict,
+    say: Progress,
+    decoder: str = "fp32",
+    gate: DecoderGate | None = None,
+) -> Quantizer | None:
+    """The rewrite of a quantized ``precision`` (None for the others)."""
     if precision not in QUANTIZED:
         return None
-    done = quantization.setdefault("components", {})
-
-    def quantize(comp: str, src: Path, dst: Path) -> None:
-        say(f"quantize {comp} ({precision})")
-        done[comp] = quantize_component(src, dst, precision, feeds.get(comp))
-
-    return quantize
+    if decoder == "gated" and gate is None:
+        raise ValueError("a gated int8 decoder needs its gate (held-out generations)")
+    return Quantizer(precision, feeds, quantization.setdefault("components", {}), say, decoder, gate)
 
 
 def tensorrt_checked(precision: str) -> bool:
@@ -248,7 +305,7 @@ def write_components(
     work: Path,
     pack: Pack | None,
     say: Progress,
-    quantize: Quantize | None = None,
+    quantize: Quantizer | None = None,
     trt: bool = True,
 ) -> tuple[dict[str, dict], dict[str, dict]]:
     """The component graphs of an artifact in ``work``, from ``pack`` (traced there by
@@ -280,13 +337,15 @@ def write_components(
         }
     finally:
         shutil.rmtree(ahead, ignore_errors=True)
-    own = [c for c in packed if quantize is not None and c in TRANSFORMER_COMPONENTS]
+    own: dict[str, tuple[dict, dict]] = {}  # the rewritten components: their files are the artifact's
+    for comp in [c for c in packed if quantize is not None and c in quantize.components]:
+        rewritten = quantized_component(comp, pack.root / f"{packed[comp].stem}.onnx", work, quantize)
+        if rewritten is not None:
+            own[comp] = rewritten
     components, weights = pack.place({c: e for c, e in packed.items() if c not in own}, work)
     files = {WEIGHTS: weights}
-    for comp in own:
-        components[comp], files[f"{comp}.onnx.data"] = quantized_component(
-            comp, pack.root / f"{packed[comp].stem}.onnx", work, quantize
-        )
+    for comp, (meta, data) in own.items():
+        components[comp], files[f"{comp}.onnx.data"] = meta, data
     components = {c: components[c] for c in packed}  # the export order
     if private:
         shutil.rmtree(pack.root)
@@ -301,17 +360,22 @@ def write_components(
     return components, files
 
 
-def quantized_component(comp: str, fp32: Path, work: Path, quantize: Quantize) -> tuple[dict, dict]:
+def quantized_component(comp: str, fp32: Path, work: Path, quantize: Quantizer) -> tuple[dict, dict] | None:
     """``comp``'s quantized graph in ``work`` from the fp32 graph ``fp32`` (a pack's): the quantizer
     reads a private copy (it writes temporary files beside its input, which a shared pack must not
-    get). Returns the manifest's component entry and the entry of its weights file."""
+    get). Returns the manifest's component entry and the entry of its weights file, or None where
+    the quantizer keeps the fp32 graph (nothing of it is left in ``work``)."""
     src = Path(tempfile.mkdtemp(prefix=f".{comp}.fp32-", dir=work)) / f"{comp}.onnx"
     dst = work / f"{comp}.onnx"
     try:
         onnx.save_model(onnx.load(str(fp32)), str(src), save_as_external_data=True, location=f"{comp}.onnx.data")
-        quantize(comp, src, dst)
+        kept = quantize(comp, src, dst)
     finally:
         shutil.rmtree(src.parent, ignore_errors=True)
+    if not kept:
+        for f in (dst, dst.with_name(dst.name + ".data")):
+            f.unlink(missing_ok=True)
+        return None
     data = file_entries(work, (f"{comp}.onnx.data",))[f"{comp}.onnx.data"]
     meta = {
         "file": dst.name,

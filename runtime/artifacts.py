@@ -12,6 +12,7 @@ swept, the components from the checkpoint's pack, validation in the staging fold
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -44,12 +45,20 @@ from varrt.export.exporter import ExportConfig, export_artifact
 from varrt.export.graphs import GRAPH_CONTRACT, GraphSpec, conditioner_spec, decoder_spec, step_spec
 from varrt.export.locks import held
 from varrt.export.pack import Pack
-from varrt.export.quantize import QUANTIZED, io_precision, needs_calibration, recipe
+from varrt.export.quantize import (
+    QUANTIZED,
+    TRANSFORMER_COMPONENTS,
+    decoder_plan,
+    io_precision,
+    needs_calibration,
+    recipe,
+)
 from varrt.export.staging import check_out, disk_errors, publish, staging_dir, sweep_folder, sweep_leftovers
 from varrt.export.trace_pool import export_jobs
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
 from varrt.runtime.calibration import DEFAULT_GENERATIONS, Calibration, record_feeds
+from varrt.runtime.decoder_gate import decoder_fidelity
 from varrt.runtime.plan import group_sizes, kv_capacity, spec_identity, step_shapes
 from varrt.runtime.policies import Policy, make_policy
 
@@ -89,15 +98,24 @@ class ExportRequest:
         }
         if self.config.precision in QUANTIZED:
             cal = self.calibration()
-            out["quantization"] = {"recipe": recipe(self.config.precision), "calibration": cal and cal.to_dict()}
+            out["quantization"] = {
+                "recipe": recipe(self.config.precision, self.decoder_plan()),
+                "calibration": cal and cal.to_dict(),
+            }
         if self.buckets:  # only then: the keys of single-batch exports stay what they were
             out["buckets"] = list(self.batches)
         return out
 
+    def decoder_plan(self) -> str:
+        """What the export does with the decoder (``quantize.decoder_plan``): random weights
+        cannot be gated, so ``--decoder-precision auto`` keeps their decoder fp32."""
+        return decoder_plan(self.config.precision, self.config.decoder, "random_weights" in self.source)
+
     def calibration(self) -> Calibration | None:
-        """The calibration set of an int8 / fp8 export: ``config.calibrate`` generations per exported
-        policy at the export's batch, sampled as the weights are meant to be."""
-        if not needs_calibration(self.config.precision):
+        """The calibration set of an int8 / fp8 export (or of int8-cpu's int8 decoder):
+        ``config.calibrate`` generations per exported policy at the export's batch, sampled as the
+        weights are meant to be."""
+        if not needs_calibration(self.config.precision, self.decoder_plan()):
             return None
         from varrt.runtime.weights import OFFICIAL_SAMPLING, Weights
 
@@ -376,15 +394,27 @@ def ensure_artifact(
         var, vqvae = models
         policies = [make_policy(spec, var.cfg) for spec in request.policies]
         graphs, cap = bucketed_graphs(var.cfg, vqvae.cfg, policies, request.batches, request.config.precision)
-        calibration, feeds, quantization = request.calibration(), None, {}
-        if request.config.precision in QUANTIZED:
-            quantization = {"precision": request.config.precision, "recipe": recipe(request.config.precision)}
+        precision, plan = request.config.precision, request.decoder_plan()
+        calibration, feeds, quantization, gate = request.calibration(), None, {}, None
+        if precision in QUANTIZED:
+            quantization = {"precision": precision, "recipe": recipe(precision, plan)}
         if calibration is not None:
+            static = TRANSFORMER_COMPONENTS if precision != "int8-cpu" else ()  # int8-cpu's matmuls: dynamic
+            recorded = (*static, *(("decoder",) if plan != "fp32" else ()))
             say(f"calibrate: {calibration.generations} generations x {len(policies)} policies (eager torch)")
-            feeds = record_feeds(var, vqvae, policies, calibration, cap)
+            feeds = record_feeds(var, vqvae, policies, calibration, cap, recorded)
             quantization["calibration"] = calibration.to_dict(var.cfg.num_classes)
+        if plan == "gated":
+            held_out = calibration.held_out()
+            say(f"decoder gate: {held_out.generations} held-out generations (seeds from {held_out.seed0}, eager torch)")
+            latents = record_feeds(var, vqvae, [make_policy("full", var.cfg)], held_out, cap, ("decoder",))["decoder"]
+            gate = functools.partial(decoder_fidelity, feeds=latents)
+            quantization["decoder_gate_set"] = held_out.to_dict(var.cfg.num_classes)
         fields = request_fields(request, policies, cap, say, pack)
-        return export_artifact(var, vqvae, graphs, work, **fields, calibration=feeds, quantization=quantization)
+        return export_artifact(
+            var, vqvae, graphs, work, **fields, calibration=feeds, quantization=quantization, decoder=plan,
+            decoder_gate=gate,
+        )  # fmt: skip
 
     def check(models: tuple[VAR, VQVAE], where: Path, manifest: Manifest, say: Say) -> dict:
         return validate_parity(where, TorchEngine(*models), manifest, say)

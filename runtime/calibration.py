@@ -12,7 +12,7 @@ With random weights the generations are noise and the scales mean nothing; the m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from torch import Tensor
@@ -27,6 +27,8 @@ from varrt.runtime.sampling import SamplingConfig
 
 #: generations per exported policy unless ``--calibrate`` says otherwise
 DEFAULT_GENERATIONS = 4
+#: the first seed of the decoder gate's held-out generations (the calibration's start at 0)
+HELD_OUT_SEED0 = 1000
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Calibration:
     batch: int
     sampling: tuple[tuple[str, float], ...]  # the weights' sampling defaults, sorted
     random_weights: bool = False
+    seed0: int = 0  # the first generation's seed (the held-out set of the decoder's gate: HELD_OUT_SEED0)
 
     def __post_init__(self) -> None:
         if self.generations < 1:
@@ -45,7 +48,11 @@ class Calibration:
         return [(generation * self.batch + j) % num_classes for j in range(self.batch)]
 
     def seeds(self) -> list[int]:
-        return list(range(self.generations))
+        return list(range(self.seed0, self.seed0 + self.generations))
+
+    def held_out(self) -> Calibration:
+        """The same classes and sampling with other seeds: what the int8 decoder's gate measures on."""
+        return replace(self, seed0=HELD_OUT_SEED0)
 
     def to_dict(self, num_classes: int | None = None) -> dict:
         d = {
@@ -98,16 +105,24 @@ def read_prefix(feeds: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
 
 
 def record_feeds(
-    var: VAR, vqvae: VQVAE, policies: Sequence[Policy], calibration: Calibration, capacity: int
+    var: VAR,
+    vqvae: VQVAE,
+    policies: Sequence[Policy],
+    calibration: Calibration,
+    capacity: int,
+    components: Sequence[str] = TRANSFORMER_COMPONENTS,
 ) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Per transformer component, the feeds of its calls in the calibration generations. A
-    component is recorded in the generations of the first policy that runs it (``full`` first)."""
+    """Per component of ``components`` (the transformer's; ``decoder`` for an int8 decoder), the
+    feeds of its calls in the calibration generations. A component is recorded in the generations
+    of the first policy that runs it (``full`` first: the decoder at the full image size)."""
     from varrt.runtime.generate import generate
 
     sampling = SamplingConfig(**dict(calibration.sampling))
     out: dict[str, list[dict[str, np.ndarray]]] = {}
     for policy in policies:
-        engine = RecordingEngine(var, vqvae, [c for c in TRANSFORMER_COMPONENTS if c not in out])
+        if all(c in out for c in components):
+            break
+        engine = RecordingEngine(var, vqvae, [c for c in components if c not in out])
         for g, seed in enumerate(calibration.seeds()):
             labels = calibration.labels(g, var.cfg.num_classes)
             generate(engine, labels, seed=seed, sampling=sampling, policy=policy, capacity=capacity)

@@ -129,6 +129,24 @@ def calibration_line(cal: dict | None) -> str:
     return f"- calibration: {cal['generations']} generations x batch {cal['batch']}{note}"
 
 
+def decoder_line(int8: dict) -> str:
+    """The int8 export's decoder: its plan, and the gate's measurement where one ran."""
+    plan, got = int8["recipe"].get("decoder", {}), int8.get("decoder", {})
+    line = f"- decoder: {got.get('precision', 'fp32')}"
+    if plan.get("plan", "fp32") != "fp32":
+        line += f" ({plan['quantized']}; weights {plan['weights']}; activations {plan['activations']})"
+    fid = got.get("fidelity_vs_fp32")
+    if fid:
+        line += (
+            f"; gate: mean SSIM {fid['ssim']['mean']:.4f} (min {fid['ssim']['min']:.4f}), PSNR "
+            f"{fid['psnr']['mean']:.2f} dB vs the fp32 decoder on {fid['images']} held-out images, needs "
+            f">= {fid['gate_ssim']}"
+        )
+    elif plan.get("plan") == "fp32":
+        line += f" ({plan.get('why', '')})"
+    return line
+
+
 def markdown(report: dict) -> str:
     model = report["model"]
     lines = [
@@ -142,6 +160,7 @@ def markdown(report: dict) -> str:
         f"- int8: {report['int8']['recipe']['format']}; weights {report['int8']['recipe']['weights']}; "
         f"activations {report['int8']['recipe']['activations']}",
         calibration_line(report["int8"].get("calibration")),
+        decoder_line(report["int8"]),
         *(
             f"- {k} artifact files: "
             + ", ".join(f"{n} {mib:.1f} MiB" for n, mib in report["int8"]["files_mib"][k].items())
@@ -223,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         help="int8: Q/DQ, TensorRT's form; int8-cpu: ONNX Runtime's dynamic form, the fast one on a CPU",
     )
     p.add_argument("--calibrate", type=int, default=None, help="calibration generations (default: varrt's)")
+    p.add_argument(
+        "--decoder-precision",
+        choices=("auto", "int8", "fp32"),
+        default="auto",
+        help="the int8 export's decoder: gated int8 (auto; random weights: fp32), int8 ungated, or fp32",
+    )
     p.add_argument("--fidelity-seeds", type=int, default=4)
     p.add_argument("--logits-seeds", type=int, default=1)
     p.add_argument("--threads", type=int, default=None)
@@ -233,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = Weights.random_weights(args.model) if args.random_weights else Weights.demo_model()
     specs = tuple(dict.fromkeys(("full", *args.policy)))
-    fp32, int8 = ExportOptions(), ExportOptions(config=ExportConfig(precision=args.precision, calibrate=args.calibrate))
+    config = ExportConfig(precision=args.precision, calibrate=args.calibrate, decoder=args.decoder_precision)
+    fp32, int8 = ExportOptions(), ExportOptions(config=config)
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     pipes = {
         "torch": Pipeline.from_weights(weights, "torch", policies=specs, batch=args.batch, say=say),
@@ -256,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "recipe": manifests["ort-int8"].quantization["recipe"],
         "calibration": manifests["ort-int8"].quantization.get("calibration"),
+        "decoder": manifests["ort-int8"].quantization.get("components", {}).get("decoder", {"precision": "fp32"}),
         "export_key": manifests["ort-int8"].export_key,
         "files_mib": {k: {name: b / 2**20 for name, b in v.items()} for k, v in files.items()},
     }
