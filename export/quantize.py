@@ -134,7 +134,11 @@ def decoder_plan(precision: str, mode: str, random_weights: bool) -> str:
 def decoder_recipe(precision: str, plan: str) -> dict:
     """The decoder's part of a quantization recipe (recorded in the manifest, hashed into the key)."""
     if plan == "fp32":
-        why = "--decoder-precision fp32" if precision in INT8_DECODER else f"{precision} quantizes the transformer only"
+        why = (
+            "--decoder-precision fp32, or auto on random weights (the SSIM gate needs trained weights)"
+            if precision in INT8_DECODER
+            else f"{precision} quantizes the transformer only"
+        )
         return {"plan": "fp32", "why": why}
     cpu = precision == "int8-cpu"
     return {
@@ -143,7 +147,8 @@ def decoder_recipe(precision: str, plan: str) -> dict:
         if plan == "gated"
         else "none: int8 asked for (--decoder-precision int8)",
         "quantized": "every Conv but the last (QDQ)",
-        "weights": "int8, per output channel, symmetric" + (", 7-bit range (reduce_range)" if cpu else ""),
+        "weights": "int8, per output channel, symmetric"
+        + (", 7-bit range (reduce_range); biases int32" if cpu else "; biases float (TensorRT)"),
         "activations": ("uint8, per tensor, asymmetric" if cpu else "int8, per tensor, symmetric (zero point 0)")
         + ", Percentile 99.99 over the calibration generations' f_hat",
     }
@@ -324,5 +329,11 @@ def _quantize_convs(src: Path, dst: Path, reader: FeedReader, kept: list[str], c
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.Percentile,
         use_external_data_format=True,
-        extra_options={"ActivationSymmetric": not cpu, "WeightSymmetric": True, "CalibPercentile": 99.99},
+        extra_options={
+            "ActivationSymmetric": not cpu,
+            "WeightSymmetric": True,
+            "CalibPercentile": 99.99,
+            # TensorRT takes int8 / fp8 Q/DQ only: its biases stay float (ORT's CPU form fuses int32 ones)
+            "QuantizeBias": cpu,
+        },
     )

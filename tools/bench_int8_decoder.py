@@ -12,7 +12,11 @@ latents: speed only, its images say nothing).
 The forms are ``onnxruntime.quantization``'s static quantization of every Conv (per output channel
 weights): the symmetric s8 x s8 Q/DQ that TensorRT takes (varrt's ``int8``), and ONNX Runtime's
 fast CPU form (u8 activations, 7-bit weights: varrt's ``int8-cpu`` family), each with MinMax and
-Percentile calibration, and the CPU form with the first two and the last Conv kept fp32.
+Percentile calibration, and the CPU form with the first two and the last Conv kept fp32; then the
+two decoders varrt's int8 / int8-cpu exports write (``export.quantize.quantize_decoder``: Percentile
+at 99.99 instead of ORT's default 99.999, only the last Conv fp32), the recipe a search over
+percentiles, calibrations and per-conv sensitivity found (the last Conv, which reads the SiLU after
+the last norm, is the only one whose quantization alone costs more than 0.005 SSIM).
 """
 
 from __future__ import annotations
@@ -30,15 +34,14 @@ import torch
 from varrt.export.configs import VQVAEConfig
 from varrt.export.graphs import DecoderGraph, decoder_spec
 from varrt.export.onnx_export import export_component
-from varrt.export.quantize import FeedReader
+from varrt.export.quantize import DECODER_GATE, FeedReader, quantize_decoder
 from varrt.export.vqvae import VQVAE
 from varrt.runtime.bench import provenance, provenance_lines, publish, stats
 from varrt.runtime.fidelity import image_metrics, summarize
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-#: mean SSIM vs the fp32 decoder an int8 decoder must keep (issue 18)
-GATE = 0.98
-#: (name, TensorRT's form, calibration, fp32 edge convs)
+GATE = DECODER_GATE  # the mean SSIM vs the fp32 decoder an int8 decoder must keep (issue 18)
+#: (name, TensorRT's form, calibration, fp32 edge convs): the forms first measured
 FORMS = (
     ("int8 s8s8 MinMax", True, "MinMax", False),
     ("int8 s8s8 Percentile", True, "Percentile", False),
@@ -46,6 +49,8 @@ FORMS = (
     ("int8-cpu u8s8 Percentile", False, "Percentile", False),
     ("int8-cpu u8s8 Percentile, edges fp32", False, "Percentile", True),
 )
+#: the decoders varrt's exports write (export/quantize.py: Percentile 99.99, the last conv fp32)
+VARRT_FORMS = (("varrt int8 (P99.99, last conv fp32)", "int8"), ("varrt int8-cpu (P99.99, last conv fp32)", "int8-cpu"))
 
 
 def export_decoder(vqvae: VQVAE, batch: int, path: Path) -> Path:
@@ -123,6 +128,10 @@ def measure_model(name, vqvae, cal, test, tmp: Path, args, fidelity: bool, say) 
     for form, trt, method, edges in FORMS:
         say(f"{name}: quantize {form}")
         paths[form] = quantize(fp32, tmp / f"{name}-{len(paths)}.onnx", [{"f_hat": f} for f in cal], trt, method, edges)
+    for form, precision in VARRT_FORMS:
+        say(f"{name}: quantize {form}")
+        paths[form] = tmp / f"{name}-{len(paths)}.onnx"
+        quantize_decoder(fp32, paths[form], precision, [{"f_hat": f} for f in cal])
     sessions = {k: session(p, args.threads) for k, p in paths.items()}
     say(f"{name}: time {len(sessions)} forms ({args.warmup} warm-up, {args.repeat} repeats, interleaved)")
     speed = timed(sessions, test[0], args.warmup, args.repeat)
@@ -184,9 +193,9 @@ def markdown(report: dict) -> str:
     lines.append(
         "Verdict: "
         + (
-            f"{', '.join(passing)} pass the gate."
+            f"{', '.join(passing)} {'passes' if len(passing) == 1 else 'pass'} the gate."
             if passing
-            else "no int8 form passes the gate on the demo model, so varrt's int8 exports keep the decoder in fp32."
+            else "no int8 form passes the gate on the demo model."
         )
     )
     return "\n".join(lines) + "\n"
