@@ -41,14 +41,14 @@ from varrt.export.quantize import (
     INT8_DECODER,
     QUANTIZED,
     TENSORRT_QUANTIZED,
-    TRANSFORMER_COMPONENTS,
     check_precision,
     io_precision,
     quantize_component,
     quantize_decoder,
+    quantized_components,
 )
 from varrt.export.stagevar import stagevar_spec, stagevar_trace_shape
-from varrt.export.trace_pool import move_graph, trace_side_by_side
+from varrt.export.trace_pool import Trace, move_graph, trace_side_by_side
 from varrt.export.trt_ops import unsupported_ops
 from varrt.export.var import VAR
 from varrt.export.vqvae import VQVAE
@@ -228,7 +228,6 @@ def export_artifact(
 
 #: what every written artifact has passed (``write_components`` raises otherwise)
 CHECKS_PASSED = {"onnx_checker": "passed", "tensorrt_ops": "passed", "static_shapes": "passed"}
-Trace = Callable[[str, "tuple[int, ...] | None", Path], str]
 #: the decoder's fidelity gate: (fp32 graph, int8 graph) -> {"ssim": {...}, "psnr": {...}, ...}
 DecoderGate = Callable[[Path, Path], dict]
 
@@ -249,7 +248,7 @@ class Quantizer:
 
     @property
     def components(self) -> tuple[str, ...]:
-        return (*TRANSFORMER_COMPONENTS, *(("decoder",) if self.decoder != "fp32" else ()))
+        return quantized_components(self.decoder)
 
     def __call__(self, comp: str, src: Path, dst: Path) -> bool:
         if comp != "decoder":

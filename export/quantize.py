@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -154,10 +154,24 @@ def decoder_recipe(precision: str, plan: str) -> dict:
     }
 
 
+def quantized_components(decoder: str) -> tuple[str, ...]:
+    """The components a quantized export rewrites: the transformer's, and the decoder unless its
+    plan (``decoder``: :func:`decoder_plan`) is fp32."""
+    return (*TRANSFORMER_COMPONENTS, *(("decoder",) if decoder != "fp32" else ()))
+
+
+def calibrated_components(precision: str, decoder: str = "fp32") -> tuple[str, ...]:
+    """The components whose feeds the calibration generations record: those with static
+    activation scales (int8-cpu's matmuls quantize dynamically: its decoder only, if int8)."""
+    if precision not in QUANTIZED:
+        return ()
+    rewritten = quantized_components(decoder)
+    return tuple(c for c in rewritten if c == "decoder") if precision == "int8-cpu" else rewritten
+
+
 def needs_calibration(precision: str, decoder: str = "fp32") -> bool:
-    """Whether an export records calibration generations: static activation scales (int8, fp8),
-    or an int8 decoder (``decoder``: its :func:`decoder_plan`)."""
-    return precision in ("int8", "fp8") or decoder != "fp32"
+    """Whether an export records calibration generations (``decoder``: its :func:`decoder_plan`)."""
+    return bool(calibrated_components(precision, decoder))
 
 
 def weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -223,6 +237,20 @@ class FeedReader:
         return len(self._feeds)
 
 
+@contextlib.contextmanager
+def quiet_quantizer() -> Iterator[None]:
+    """Silence onnxruntime.quantization while it runs: its "consider pre-processing" warnings go
+    to the root logger, and its Percentile calibrater prints its progress."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_component(src: Path, dst: Path, precision: str, feeds: Sequence[Mapping[str, np.ndarray]] | None) -> dict:
     """Rewrite the exported fp32 component ``src`` (+ external data) as ``precision`` into ``dst``
     (+ ``dst``.data); returns what was quantized (node counts, the head kept fp32)."""
@@ -242,9 +270,7 @@ def quantize_component(src: Path, dst: Path, precision: str, feeds: Sequence[Map
     summary = {"quantized_matmuls": len(nodes), "fp32_matmuls_kept": kept}
     if not nodes:
         raise ValueError(f"{src.name}: no weight matmuls to quantize")
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" warnings
-    try:
+    with quiet_quantizer():
         if precision == "int8-cpu":
             quantize_dynamic(
                 src,
@@ -288,8 +314,6 @@ def quantize_component(src: Path, dst: Path, precision: str, feeds: Sequence[Map
         )
         summary["calibration_feeds"] = len(reader)
         return summary
-    finally:
-        logging.getLogger().setLevel(quiet)
 
 
 def quantize_decoder(src: Path, dst: Path, precision: str, feeds: Sequence[Mapping[str, np.ndarray]] | None) -> dict:
@@ -303,13 +327,8 @@ def quantize_decoder(src: Path, dst: Path, precision: str, feeds: Sequence[Mappi
     cpu = precision == "int8-cpu"
     reader = FeedReader(feeds, ["f_hat"])
     CalibrationDataReader.register(FeedReader)
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the Percentile calibrater prints its progress
-            _quantize_convs(src, dst, reader, convs[-1:], cpu)
-    finally:
-        logging.getLogger().setLevel(quiet)
+    with quiet_quantizer():
+        _quantize_convs(src, dst, reader, convs[-1:], cpu)
     return {"quantized_convs": len(convs) - 1, "fp32_convs_kept": convs[-1:], "calibration_feeds": len(reader)}
 
 

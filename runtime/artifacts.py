@@ -47,7 +47,7 @@ from varrt.export.locks import held
 from varrt.export.pack import Pack
 from varrt.export.quantize import (
     QUANTIZED,
-    TRANSFORMER_COMPONENTS,
+    calibrated_components,
     decoder_plan,
     io_precision,
     needs_calibration,
@@ -399,10 +399,8 @@ def ensure_artifact(
         if precision in QUANTIZED:
             quantization = {"precision": precision, "recipe": recipe(precision, plan)}
         if calibration is not None:
-            static = TRANSFORMER_COMPONENTS if precision != "int8-cpu" else ()  # int8-cpu's matmuls: dynamic
-            recorded = (*static, *(("decoder",) if plan != "fp32" else ()))
             say(f"calibrate: {calibration.generations} generations x {len(policies)} policies (eager torch)")
-            feeds = record_feeds(var, vqvae, policies, calibration, cap, recorded)
+            feeds = record_feeds(var, vqvae, policies, calibration, cap, calibrated_components(precision, plan))
             quantization["calibration"] = calibration.to_dict(var.cfg.num_classes)
         if plan == "gated":
             held_out = calibration.held_out()

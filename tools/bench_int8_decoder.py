@@ -22,7 +22,6 @@ the last norm, is the only one whose quantization alone costs more than 0.005 SS
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 from varrt.export.configs import VQVAEConfig
 from varrt.export.graphs import DecoderGraph, decoder_spec
 from varrt.export.onnx_export import export_component
-from varrt.export.quantize import DECODER_GATE, FeedReader, quantize_decoder
+from varrt.export.quantize import DECODER_GATE, FeedReader, quantize_decoder, quiet_quantizer
 from varrt.export.vqvae import VQVAE
 from varrt.runtime.bench import provenance, provenance_lines, publish, stats
 from varrt.runtime.fidelity import image_metrics, summarize
@@ -70,9 +69,7 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], trt: bool
 
     convs = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == "Conv"]
     CalibrationDataReader.register(FeedReader)
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
+    with quiet_quantizer():
         quantize_static(
             src,
             dst,
@@ -88,8 +85,6 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], trt: bool
             use_external_data_format=True,
             extra_options={"ActivationSymmetric": trt, "WeightSymmetric": True},
         )
-    finally:
-        logging.getLogger().setLevel(quiet)
     return dst
 
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from varrt.export.exporter import ExportConfig
 from varrt.export.graphs import GraphSpec
+from varrt.export.quantize import DECODER_MODES
 from varrt.runtime.bench import BenchConfig, per_scale_table, provenance_lines, publish, run_bench
 from varrt.runtime.evaluate import evaluate
 from varrt.runtime.fidelity import image_metrics, summarize
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", type=int, default=None, help="calibration generations (default: varrt's)")
     p.add_argument(
         "--decoder-precision",
-        choices=("auto", "int8", "fp32"),
+        choices=DECODER_MODES,
         default="auto",
         help="the int8 export's decoder: gated int8 (auto; random weights: fp32), int8 ungated, or fp32",
     )

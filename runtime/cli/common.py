@@ -208,6 +208,8 @@ def preflight(args: argparse.Namespace, one_policy: bool = False) -> None:
 
 # ------------------------------------------------------------------------------------------ export
 def add_export_args(p: argparse.ArgumentParser) -> None:
+    from varrt.export.quantize import DECODER_GATE, DECODER_MODES
+
     g = p.add_argument_group("export")
     g.add_argument(
         "--precision",
@@ -224,10 +226,10 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--decoder-precision",
-        choices=("auto", "int8", "fp32"),
+        choices=DECODER_MODES,
         default="auto",
-        help="int8 / int8-cpu: the decoder in int8 only if its images keep mean SSIM >= 0.98 vs fp32 on held-out "
-        "generations (auto, the default; random weights: fp32), int8 ungated, or fp32",
+        help=f"int8 / int8-cpu: the decoder in int8 only if its images keep mean SSIM >= {DECODER_GATE} vs fp32 on "
+        "held-out generations (auto, the default; random weights: fp32), int8 ungated, or fp32",
     )
     g.add_argument("--opset", type=int, default=20, help="ONNX opset (18-20)")
     g.add_argument("--force", action="store_true", help="replace an artifact that holds a different export")
